@@ -1,0 +1,324 @@
+"""The training loop of one stage, as it runs inside each Ray Train worker.
+
+Every worker builds the same models, streams its own part of the shards, makes LR by bicubic downscale on the fly and
+steps in lock-step with the others (DDP). Rank 0 validates, logs to MLflow and writes checkpoints; every worker calls
+`ray.train.report` at the same iterations, since that call is a barrier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from srcluster.config import Job
+from srcluster.degrade.resize import imresize
+from srcluster.train import archs, losses, weights
+from srcluster.train.validate import ValImage, prepare, validate
+
+STATE_FILE = "state.pt"
+GENERATOR_FILE = "net_g_ema.safetensors"
+
+
+class EMA:
+    """Exponential moving average of the generator; decay warms up as 1 - (1 + step)^-power, capped at ema_decay."""
+
+    def __init__(self, net: nn.Module, decay: float, power: float):
+        self.net = copy.deepcopy(net).eval().requires_grad_(False)
+        self.decay, self.power, self.step = decay, power, 0
+
+    def current_decay(self) -> float:
+        if self.power <= 0:
+            return self.decay
+        return min(self.decay, 1 - (1 + self.step) ** -self.power)
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        self.step += 1
+        decay = self.current_decay()
+        ema_params = list(self.net.parameters())
+        torch._foreach_lerp_(ema_params, [p.detach() for p in net.parameters()], 1 - decay)
+        for ema_buffer, buffer in zip(self.net.buffers(), net.buffers()):
+            ema_buffer.copy_(buffer)
+
+
+def build_optimizer(params, options) -> torch.optim.Optimizer:
+    cls = {"AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam}[options.type]
+    return cls(params, lr=options.lr, weight_decay=options.weight_decay, betas=tuple(options.betas))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, job: Job) -> torch.optim.lr_scheduler.LRScheduler:
+    """The configured schedule, with traiNNer-redux's linear warmup over `warmup_iter` in front of it."""
+    options, warmup, total = job.train.scheduler, job.train.warmup_iter, job.train.total_iter
+    if options.type == "MultiStepLR":
+        def decay(it: int) -> float:
+            return options.gamma ** sum(it >= m for m in options.milestones)
+    else:
+        base = optimizer.param_groups[0]["lr"]
+        floor = options.eta_min / base
+
+        def decay(it: int) -> float:
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(it, total) / total))
+
+    def factor(it: int) -> float:
+        ramp = min(1.0, (it + 1) / warmup) if warmup > 0 else 1.0
+        return ramp * decay(it)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class Stage:
+    """Everything a worker trains with; built once, saved and restored as a whole."""
+
+    job: Job
+    device: torch.device
+    net_g: nn.Module  # DDP-wrapped when world > 1
+    raw_g: nn.Module
+    ema: EMA | None
+    optim_g: torch.optim.Optimizer
+    sched_g: torch.optim.lr_scheduler.LRScheduler
+    pixel_losses: list[tuple[str, float, nn.Module]]
+    gan: tuple[float, nn.Module] | None = None
+    net_d: nn.Module | None = None
+    raw_d: nn.Module | None = None
+    optim_d: torch.optim.Optimizer | None = None
+    sched_d: torch.optim.lr_scheduler.LRScheduler | None = None
+    iteration: int = 0
+
+    @property
+    def eval_net(self) -> nn.Module:
+        return self.ema.net if self.ema else self.raw_g
+
+    def state(self) -> dict[str, Any]:
+        parts = {"net_g": self.raw_g, "optim_g": self.optim_g, "sched_g": self.sched_g,
+                 "net_d": self.raw_d, "optim_d": self.optim_d, "sched_d": self.sched_d,
+                 "net_g_ema": self.ema.net if self.ema else None}
+        state = {name: part.state_dict() for name, part in parts.items() if part is not None}
+        state.update(iteration=self.iteration, ema_step=self.ema.step if self.ema else 0,
+                     torch_rng=torch.get_rng_state())
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        parts = {"net_g": self.raw_g, "optim_g": self.optim_g, "sched_g": self.sched_g,
+                 "net_d": self.raw_d, "optim_d": self.optim_d, "sched_d": self.sched_d,
+                 "net_g_ema": self.ema.net if self.ema else None}
+        for name, part in parts.items():
+            if part is not None and name in state:
+                part.load_state_dict(state[name])
+        self.iteration = int(state["iteration"])
+        if self.ema:
+            self.ema.step = int(state.get("ema_step", self.iteration))
+        torch.set_rng_state(state["torch_rng"])
+
+
+def build_stage(job: Job, device: torch.device, wrap=lambda net: net, log=print) -> Stage:
+    torch.manual_seed(job.manual_seed or 0)  # same initial weights on every rank
+    raw_g = archs.build_generator(job.network_g.type, job.scale, **job.network_g.options()).to(device)
+    if job.path.pretrain_network_g:
+        report = weights.load_pretrain(raw_g, job.path.pretrain_network_g, param_key=job.path.param_key_g,
+                                       strict=job.path.strict_load_g)
+        log(f"pretrain: {report.summary()}")
+    if job.use_channels_last:
+        raw_g = raw_g.to(memory_format=torch.channels_last)
+    ema = EMA(raw_g, job.train.ema_decay, job.train.ema_power) if job.train.ema_decay > 0 else None
+    optim_g = build_optimizer(raw_g.parameters(), job.train.optim_g)
+    pixel, gan = [], None
+    for spec in job.train.losses:
+        if spec.loss_weight == 0:
+            continue
+        module = losses.build_loss(spec.type, **spec.options()).to(device)
+        if spec.type == "ganloss":
+            gan = (spec.loss_weight, module)
+        else:
+            pixel.append((spec.type, spec.loss_weight, module))
+    stage = Stage(job, device, wrap(raw_g), raw_g, ema, optim_g, build_scheduler(optim_g, job), pixel, gan)
+    if gan is not None:
+        assert job.network_d is not None  # the config validator guarantees it
+        raw_d = archs.build_discriminator(job.network_d.type, **job.network_d.options()).to(device)
+        if job.path.pretrain_network_d:
+            report = weights.load_pretrain(raw_d, job.path.pretrain_network_d, param_key=job.path.param_key_d,
+                                           strict=job.path.strict_load_d)
+            log(f"pretrain D: {report.summary()}")
+        stage.raw_d, stage.net_d = raw_d, wrap(raw_d)
+        stage.optim_d = build_optimizer(raw_d.parameters(), job.train.optim_d or job.train.optim_g)
+        stage.sched_d = build_scheduler(stage.optim_d, job)
+    return stage
+
+
+def make_lr(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """Bicubic (MATLAB imresize, antialiased) downscale on the training device; float in [0, 1]."""
+    return imresize(hr, 1 / scale, kernel="bicubic").clamp_(0, 1)
+
+
+def no_sync(net: nn.Module, skip: bool):
+    return net.no_sync() if skip and hasattr(net, "no_sync") else contextlib.nullcontext()
+
+
+def train_step(stage: Stage, batches, accum: int) -> dict[str, float]:
+    """One optimiser step over `accum` micro-batches; gradients are all-reduced only on the last one."""
+    job, device = stage.job, stage.device
+    totals: dict[str, float] = {}
+    data_wait = 0.0
+    for micro in range(accum):
+        start = time.perf_counter()
+        hr = next(batches).to(device, non_blocking=True).float().div_(255)
+        data_wait += time.perf_counter() - start
+        lr = make_lr(hr, job.scale)
+        if job.use_channels_last:
+            hr, lr = hr.contiguous(memory_format=torch.channels_last), lr.contiguous(memory_format=torch.channels_last)
+        last = micro == accum - 1
+        with no_sync(stage.net_g, not last), amp_context(job, device):
+            sr = stage.net_g(lr)
+            terms = {f"l_g_{name}": weight * loss(sr.float(), hr) for name, weight, loss in stage.pixel_losses}
+            if stage.gan is not None:
+                # D scores the fake through its raw module with frozen weights: no DDP hook waits for D gradients here.
+                stage.raw_d.requires_grad_(False)
+                weight, gan_loss = stage.gan
+                terms["l_g_gan"] = weight * gan_loss(stage.raw_d(sr), True, is_disc=False)
+                stage.raw_d.requires_grad_(True)
+            loss_g = sum(terms.values())
+        (loss_g / accum).backward()
+        for name, value in terms.items():
+            totals[name] = totals.get(name, 0.0) + value.detach() / accum
+        if stage.gan is not None:
+            with no_sync(stage.net_d, not last), amp_context(job, device):
+                # real and fake in one forward pass, so DDP sees exactly one forward per backward
+                logits = stage.net_d(torch.cat([hr, sr.detach()]))
+                real, fake = logits.chunk(2)
+                l_real, l_fake = stage.gan[1](real, True, is_disc=True), stage.gan[1](fake, False, is_disc=True)
+            ((l_real + l_fake) / accum).backward()
+            totals["l_d_real"] = totals.get("l_d_real", 0.0) + l_real.detach() / accum
+            totals["l_d_fake"] = totals.get("l_d_fake", 0.0) + l_fake.detach() / accum
+    if job.train.grad_clip:
+        nn.utils.clip_grad_norm_(stage.raw_g.parameters(), job.train.grad_clip_max_norm)
+    for optim, sched in ((stage.optim_g, stage.sched_g), (stage.optim_d, stage.sched_d)):
+        if optim is not None:
+            optim.step()
+            optim.zero_grad(set_to_none=True)
+            sched.step()
+    if stage.ema:
+        stage.ema.update(stage.raw_g)
+    stage.iteration += 1
+    # one host sync per step, for all loss terms together
+    values = torch.stack([torch.as_tensor(v) for v in totals.values()]).tolist() if totals else []
+    out = dict(zip(totals, values))
+    out["data_wait_s"] = data_wait
+    return out
+
+
+def amp_context(job: Job, device: torch.device):
+    if not job.use_amp:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if job.amp_bf16 or device.type == "cpu" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# --- the Ray Train entry point ----------------------------------------------------------------------------------------
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from srcluster.data.stream import iter_images, train_loader
+    from srcluster.track import Tracker
+
+    job = Job.model_validate(config["job"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(job.srcluster.cpus_per_worker)))
+
+    def log(message: str) -> None:
+        if rank == 0:
+            print(f"[{job.name}] {message}", flush=True)
+
+    def wrap(net: nn.Module) -> nn.Module:
+        return ray.train.torch.prepare_model(net, move_to_device=False) if world > 1 else net
+
+    stage = build_stage(job, device, wrap, log)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            stage.load_state(torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True))
+        log(f"resumed from checkpoint at iteration {stage.iteration}")
+
+    tracker = Tracker(config["tracking_uri"]) if rank == 0 else None
+    run_id = config["run_id"]
+    val_images: list[ValImage] = []
+    if rank == 0 and job.datasets.val is not None and job.val.val_enabled:
+        val_images = prepare(iter_images(_first(job.datasets.val.dataroot_gt)), job.scale)
+
+    data = job.datasets.train
+    total = job.train.total_iter
+    remaining = total - stage.iteration
+    batches = iter(train_loader(
+        data.dataroot_gt, crop=data.lq_size * job.scale, batch_size=data.batch_size_per_gpu, rank=rank,
+        world_size=world, num_workers=data.num_worker_per_gpu, seed=job.manual_seed or 0, epoch=stage.iteration,
+        steps=max(remaining, 0) * data.accum_iter, use_hflip=data.use_hflip, use_rot=data.use_rot,
+    ))
+    log(f"rank {rank}/{world} on {device}: {remaining} iterations left, effective batch "
+        f"{data.batch_size_per_gpu} x {world} workers x {data.accum_iter} accum = {data.batch_size_per_gpu * world * data.accum_iter}")
+
+    window_start, window_steps, window_wait = time.perf_counter(), 0, 0.0
+    train_start = time.perf_counter()
+    start_iteration = stage.iteration
+    while stage.iteration < total:
+        step = train_step(stage, batches, data.accum_iter)
+        window_steps += 1
+        window_wait += step.pop("data_wait_s")
+        it = stage.iteration
+        is_last = it == total
+        log_now = it % job.logger.print_freq == 0 or is_last
+        val_now = bool(val_images) and (it % job.val.val_freq == 0 or is_last)
+        save_now = it % job.logger.save_checkpoint_freq == 0 or is_last
+        if not (log_now or val_now or save_now):
+            continue
+        metrics: dict[str, float] = {}
+        if rank == 0:
+            elapsed = time.perf_counter() - window_start
+            rate = window_steps / elapsed
+            eta = (total - it) / max((it - start_iteration) / (time.perf_counter() - train_start), 1e-9)
+            metrics.update(step)
+            metrics.update({"lr": stage.optim_g.param_groups[0]["lr"], "it_per_s": rate,
+                            "samples_per_s": rate * data.batch_size_per_gpu * data.accum_iter * world,
+                            "data_wait_fraction": window_wait / elapsed})
+            window_start, window_steps, window_wait = time.perf_counter(), 0, 0.0
+            if val_now:
+                with tempfile.TemporaryDirectory() as tmp:
+                    grid = Path(tmp) / f"val_{it:07d}.png"
+                    metrics.update({f"val_{k}": v for k, v in validate(stage.eval_net, val_images, job.val.metrics,
+                                                                         job.scale, grid_path=grid).items()})
+                    tracker.log_artifact(run_id, grid, "comparisons")
+            losses_text = " ".join(f"{k} {v:.4g}" for k, v in step.items())
+            val_text = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val_"))
+            log(f"iter {it}/{total} | {losses_text} | lr {metrics['lr']:.2e} | {rate:.2f} it/s | "
+                f"data wait {100 * metrics['data_wait_fraction']:.0f}% | eta {eta:.0f}s {val_text}".rstrip())
+            tracker.log_metrics(run_id, metrics, step=it)
+        report(stage, {"iteration": it, **metrics}, save=save_now, rank=rank)
+
+
+def report(stage: Stage, metrics: dict[str, float], *, save: bool, rank: int) -> None:
+    import ray.train
+
+    if not (save and rank == 0):
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(stage.state(), Path(folder) / STATE_FILE)
+        weights.export_generator(stage.eval_net, Path(folder) / GENERATOR_FILE)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
+                         checkpoint_dir_name=f"checkpoint_{stage.iteration:07d}")
+
+
+def _first(urls: str | list[str]) -> str:
+    return urls if isinstance(urls, str) else urls[0]

@@ -1,0 +1,127 @@
+"""One training stage as a Ray Train run: validate inputs, open the MLflow run, fit, export the generator.
+
+Everything that can be checked from the driver (job file, storage endpoint and credentials, buckets, tracking server) is
+checked before a single Ray worker starts, so a typo costs seconds, not a cluster allocation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from srcluster import home
+from srcluster.config import Job
+from srcluster.errors import SrclusterError
+from srcluster.storage import StorageSettings, is_s3, local_stack_endpoint
+from srcluster.track import Tracker, job_params
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageResult:
+    name: str
+    run_id: str
+    iterations: int
+    metrics: dict[str, float]
+    checkpoint_uri: str
+    generator_uri: str  # the exported EMA generator (safetensors) inside the final checkpoint
+    run_url: str
+
+
+def default_storage(settings: StorageSettings) -> str:
+    if settings.endpoint_url and settings.endpoint_url == local_stack_endpoint():
+        return "s3://srcluster/runs"
+    return str(home.home() / "runs")
+
+
+def preflight(job: Job, settings: StorageSettings, storage: str, tracker: Tracker) -> None:
+    """Fail before Ray starts: unreachable endpoints, wrong keys, missing buckets or datasets."""
+    urls = [job.datasets.train.dataroot_gt] + ([job.datasets.val.dataroot_gt] if job.datasets.val else [])
+    for url in (u for entry in urls for u in ([entry] if isinstance(entry, str) else entry)):
+        settings.check(url)
+        fs, path = settings.filesystem(url)
+        if not (fs.exists(path) or "{" in path):
+            raise SrclusterError(f"dataset {url} does not exist (build shards with `srcluster data sample` or "
+                                 "`srcluster shards build`)")
+    settings.check(storage, create_bucket=False)
+    tracker.check()
+
+
+def ensure_ray(env: dict[str, str]) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # RAY_ADDRESS (set by `ray job submit` and on clusters) joins an existing cluster; otherwise start a local one.
+    # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
+    ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env}, log_to_driver=True,
+             configure_logging=False)
+
+
+def run_stage(job: Job, *, run_name: str | None = None, parent_run_id: str | None = None,
+              tags: dict[str, str] | None = None) -> StageResult:
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from srcluster.train.loop import GENERATOR_FILE, train_worker
+
+    settings = StorageSettings.resolve(job.srcluster.s3_endpoint)
+    storage = job.srcluster.storage or default_storage(settings)
+    tracker = Tracker(job.srcluster.mlflow.tracking_uri)
+    preflight(job, settings, storage, tracker)
+
+    run_id = tracker.start_run(job.srcluster.mlflow.experiment or job.name, run_name or job.name,
+                               params=job_params(job), parent_run_id=parent_run_id or job.srcluster.mlflow.parent_run_id,
+                               tags={"srcluster.stage": job.name, **(tags or {})})
+    tracker.log_params(run_id, {"effective_batch": job.effective_batch})
+    # RAY_TRAIN_ENABLE_PRINT_PATCH=0: rank 0's progress lines reach the console once, not once as print and once as log.
+    env = {**settings.public_env(), "MLFLOW_TRACKING_URI": tracker.uri, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+    storage_path, storage_fs = settings.ray_storage(storage)
+    scaling = ScalingConfig(num_workers=job.srcluster.workers, use_gpu=job.srcluster.use_gpu,
+                            resources_per_worker={"CPU": job.srcluster.cpus_per_worker,
+                                                  **({"GPU": job.srcluster.gpus_per_worker} if job.srcluster.use_gpu else {})})
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"job": job.model_dump(mode="json"), "run_id": run_id, "tracking_uri": tracker.uri},
+        scaling_config=scaling,
+        run_config=RunConfig(
+            name=f"{job.name}-{run_id[:8]}", storage_path=storage_path, storage_filesystem=storage_fs,
+            failure_config=FailureConfig(max_failures=job.srcluster.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=3),
+            worker_runtime_env={"env_vars": env},
+            logging_config=LoggingConfig(log_level="WARNING"),  # per-report INFO lines drown the progress lines
+        ),
+    )
+    ensure_ray(env)
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        tracker.end_run(run_id, "KILLED")
+        raise
+    except BaseException:
+        tracker.end_run(run_id, "FAILED")
+        raise
+    if result.checkpoint is None:
+        tracker.end_run(run_id, "FAILED")
+        raise SrclusterError(f"stage {job.name} finished without a checkpoint (see the Ray logs above)")
+    checkpoint_uri = checkpoint_url(storage, storage_path, result.checkpoint.path)
+    with tempfile.TemporaryDirectory() as tmp:
+        with result.checkpoint.as_directory() as folder:
+            exported = Path(tmp) / f"net_g_ema_{job.train.total_iter}.safetensors"
+            exported.write_bytes((Path(folder) / GENERATOR_FILE).read_bytes())
+        tracker.log_artifact(run_id, exported, "model")
+    tracker.set_tags(run_id, {"srcluster.checkpoint_uri": checkpoint_uri})
+    tracker.end_run(run_id)
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    return StageResult(job.name, run_id, int(metrics.get("iteration", job.train.total_iter)), metrics,
+                       checkpoint_uri, f"{checkpoint_uri}/{GENERATOR_FILE}", tracker.run_url(run_id))
+
+
+def checkpoint_url(storage: str, storage_path: str, checkpoint_path: str) -> str:
+    """Ray reports checkpoint paths inside its filesystem; turn them back into URLs other jobs can read."""
+    return f"s3://{checkpoint_path}" if is_s3(storage) else checkpoint_path

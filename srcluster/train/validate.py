@@ -1,0 +1,97 @@
+"""Validation the way SR papers measure it: full images, LR made by MATLAB-compatible bicubic, PSNR/SSIM with a border
+crop, plus a comparison grid (bicubic | model | HR) that a person can look at."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from srcluster import metrics as sr_metrics
+from srcluster.config import Metric
+from srcluster.degrade.resize import bicubic_downscale, imresize
+
+METRIC_FUNCTIONS = {"calculate_psnr": sr_metrics.psnr, "calculate_ssim": sr_metrics.ssim}
+
+
+@dataclass
+class ValImage:
+    name: str
+    hr: torch.Tensor  # uint8 (3, H, W), mod-cropped to a multiple of the scale
+    lr: torch.Tensor  # uint8 (3, H/s, W/s)
+
+
+def prepare(images, scale: int) -> list[ValImage]:
+    out = []
+    for name, hr in images:
+        if hr.shape[0] == 1:
+            hr = hr.expand(3, -1, -1)
+        h, w = (hr.shape[1] // scale) * scale, (hr.shape[2] // scale) * scale
+        hr = hr[:3, :h, :w].contiguous()
+        out.append(ValImage(name, hr, bicubic_downscale(hr, scale)))
+    return out
+
+
+def to_float(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return x.to(device, non_blocking=True).float().div_(255)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+@torch.no_grad()
+def upscale(net: nn.Module, lr: torch.Tensor) -> torch.Tensor:
+    """(3,h,w) uint8 -> (3,h*s,w*s) uint8 on the model's device."""
+    device = next(net.parameters()).device
+    return to_uint8(net(to_float(lr, device)[None]))[0].cpu()
+
+
+def score(sr: torch.Tensor, hr: torch.Tensor, metrics: dict[str, Metric], scale: int) -> dict[str, float]:
+    out = {}
+    for name, metric in metrics.items():
+        border = scale if metric.crop_border is None else metric.crop_border
+        fn = METRIC_FUNCTIONS[metric.type]
+        out[name] = float(fn(sr[None], hr[None], crop_border=border, test_y_channel=metric.test_y_channel)[0])
+    return out
+
+
+def validate(net: nn.Module, images: list[ValImage], metrics: dict[str, Metric], scale: int,
+             grid_path: Path | None = None, grid_size: int = 96) -> dict[str, float]:
+    """Mean of each metric over the images, for the model and (as `bicubic_<name>`) for plain bicubic upscaling."""
+    was_training = net.training
+    net.eval()
+    totals: dict[str, float] = {}
+    rows = []
+    for image in images:
+        sr = upscale(net, image.lr)
+        bicubic = to_uint8(imresize(image.lr.float()[None] / 255, scale, kernel="bicubic"))[0]
+        for name, value in score(sr, image.hr, metrics, scale).items():
+            totals[name] = totals.get(name, 0.0) + value
+        for name, value in score(bicubic, image.hr, metrics, scale).items():
+            totals[f"bicubic_{name}"] = totals.get(f"bicubic_{name}", 0.0) + value
+        rows.append(torch.cat([centre_crop(t, grid_size) for t in (bicubic, sr, image.hr)], dim=2))
+    net.train(was_training)
+    if grid_path is not None and rows:
+        save_png(torch.cat(rows, dim=1), grid_path)
+    return {name: total / len(images) for name, total in totals.items()}
+
+
+def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = x.shape[1:]
+    size_h, size_w = min(size, h), min(size, w)
+    top, left = (h - size_h) // 2, (w - size_w) // 2
+    crop = x[:, top : top + size_h, left : left + size_w]
+    if crop.shape[1:] != (size, size):  # pad small images so the grid stays rectangular
+        crop = nn.functional.pad(crop, (0, size - size_w, 0, size - size_h))
+    return crop
+
+
+def save_png(x: torch.Tensor, path: Path) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(x.permute(1, 2, 0).numpy()).save(path)
+    return path

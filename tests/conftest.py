@@ -1,0 +1,113 @@
+"""Shared fixtures.
+
+Local stack (this section): every test session gets its own $SRCLUSTER_HOME in a temp dir, with the AWS_* and MLFLOW_*
+variables of the caller's shell removed, so tests never touch ~/.srcluster or real cloud storage. The fixtures `s3` and
+`stack` start real services in it, once per session and only when a test asks: `s3` starts the SeaweedFS S3 server
+alone, `stack` adds the MLflow server to the same S3 (or starts both at once when it comes first).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from srcluster import stack as local_stack
+
+# --- local stack ----------------------------------------------------------------------------------------------------------
+
+# Below Linux's ephemeral range (32768+) and above Ray's worker ports (10000-19999), so nothing else grabs them meanwhile.
+TEST_PORTS = range(20000, 32000)
+
+
+@dataclass
+class LocalStack:
+    home: Path
+    s3_url: str
+    s3_port: int
+    mlflow_url: str | None = None
+    mlflow_port: int | None = None
+
+
+def free_port_block(size: int, avoid: frozenset[int] | set[int] = frozenset()) -> int:
+    """The first of `size` consecutive free ports on 127.0.0.1."""
+    for _ in range(200):
+        base = random.randrange(TEST_PORTS.start, TEST_PORTS.stop - size)
+        block = range(base, base + size)
+        if not avoid & set(block) and all(local_stack.port_free(p) for p in block):
+            return base
+    raise RuntimeError(f"no {size} consecutive free ports in {TEST_PORTS}")
+
+
+class _StackSession:
+    """One S3 server and at most one MLflow server for the whole session, started on first use."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        self.s3_port = free_port_block(len(local_stack.S3_PORT_ROLES))
+        self.mlflow_port = free_port_block(1, avoid=set(local_stack.s3_ports(self.s3_port).values()))
+        self.started = False
+
+    def ensure(self, mlflow: bool) -> LocalStack:
+        os.environ["SRCLUSTER_HOME"] = str(self.home)
+        self.started = True
+        services = local_stack.up(s3_port=self.s3_port, mlflow_port=self.mlflow_port, mlflow=mlflow, timeout=120)
+        found = LocalStack(self.home, services["s3"].url, services["s3"].port)
+        if "mlflow" in services:
+            found.mlflow_url, found.mlflow_port = services["mlflow"].url, services["mlflow"].port
+        return found
+
+    def close(self) -> None:
+        if self.started:
+            os.environ["SRCLUSTER_HOME"] = str(self.home)  # in case a test switched it and failed before restoring it
+            local_stack.down(grace=2)  # the data dies with the temp dir: no need to wait for a clean SeaweedFS exit
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stack_session(tmp_path_factory):
+    for name in [n for n in os.environ if n.startswith(("AWS_", "MLFLOW_"))]:
+        del os.environ[name]
+    home = tmp_path_factory.mktemp("srcluster-home")
+    os.environ["SRCLUSTER_HOME"] = str(home)
+    session = _StackSession(home)
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+@pytest.fixture(scope="session")
+def s3(_stack_session) -> LocalStack:
+    """The session's S3 server; StorageSettings.resolve() finds it through $SRCLUSTER_HOME/stack.json."""
+    return _stack_session.ensure(mlflow=False)
+
+
+@pytest.fixture(scope="session")
+def stack(_stack_session) -> LocalStack:
+    """The session's S3 and MLflow servers; MLFLOW_TRACKING_URI points at the MLflow server."""
+    found = _stack_session.ensure(mlflow=True)
+    os.environ["MLFLOW_TRACKING_URI"] = found.mlflow_url
+    return found
+
+
+# --- Ray ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(_stack_session):
+    """One local Ray cluster for the session. Started after $SRCLUSTER_HOME is set, so workers inherit it.
+
+    4 logical CPUs on a 2-core machine: 2 training workers plus Ray Train's controller actors fit at once.
+    """
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=True, log_to_driver=True, configure_logging=False)
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address  # subprocesses join this cluster
+    try:
+        yield ray
+    finally:
+        os.environ.pop("RAY_ADDRESS", None)
+        ray.shutdown()

@@ -1,0 +1,202 @@
+"""The training stream: exact step counts, rank/worker splits, determinism, skipping bad input, folders and S3."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import uuid
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+from srcluster.data.sample import encode_png, tiles
+from srcluster.data.shards import Sample, write_shards
+from srcluster.data.stream import iter_images, split_units, train_loader
+from srcluster.errors import SrclusterError
+
+PER_SHARD = 6
+
+
+def photo_tiles(size: int = 48) -> list[Sample]:
+    """48 real photo tiles: the top of the astronaut photo in size x size windows."""
+    return list(tiles("astronaut", skimage.data.astronaut(), size, size))[:48]
+
+
+@pytest.fixture(scope="module")
+def shard_set(tmp_path_factory) -> tuple[str, list[list[str]]]:
+    """8 local shards of 6 tiles; returns the folder and each shard's keys."""
+    dest = str(tmp_path_factory.mktemp("stream") / "shards")
+    samples = photo_tiles()
+    write_shards(samples, dest, max_samples=PER_SHARD, progress=False)
+    keys = [s.key for s in samples]
+    return dest, [keys[i:i + PER_SHARD] for i in range(0, len(keys), PER_SHARD)]
+
+
+def keys_of(stream) -> list[str]:
+    return [key for _, batch_keys in stream for key in batch_keys]
+
+
+def test_exact_steps_and_shapes(shard_set):
+    dest, _ = shard_set
+    stream = train_loader(dest, crop=32, batch_size=7, steps=13)  # 91 crops: more than one pass over 48 tiles
+    batches = list(stream)
+    assert len(stream) == 13 and len(batches) == 13
+    assert {tuple(b.shape) for b in batches} == {(7, 3, 32, 32)}
+    assert all(b.dtype == torch.uint8 for b in batches)
+    assert sum(stream.skipped.values()) == 0
+
+
+def test_ranks_read_disjoint_shards(shard_set):
+    dest, shard_keys = shard_set
+    seen = []
+    for rank in range(2):
+        stream = train_loader(dest, crop=32, batch_size=4, steps=6, rank=rank, world_size=2, with_keys=True,
+                              shuffle_buffer=1)  # no shuffle buffer: 24 crops are exactly one pass
+        batches = list(stream)
+        assert len(batches) == 6
+        seen.append(set(keys_of(batches)))
+        allowed = {key for keys in shard_keys[rank::2] for key in keys}
+        assert seen[rank] <= allowed
+        assert len(seen[rank]) == len(allowed)  # 24 crops from 24 tiles each pass: every tile of its share
+    assert not seen[0] & seen[1]
+
+
+def test_unequal_shares_same_step_count(tmp_path):
+    dest = str(tmp_path / "uneven")
+    write_shards(photo_tiles()[:15], dest, max_samples=PER_SHARD, progress=False)  # shards of 6, 6, 3
+    counts = [len(list(train_loader(dest, crop=32, batch_size=4, steps=9, rank=r, world_size=3))) for r in range(3)]
+    assert counts == [9, 9, 9]
+
+
+def test_same_seed_same_batches_other_rank_other_batches(shard_set):
+    dest, _ = shard_set
+    args = dict(crop=24, batch_size=4, steps=5, world_size=2)
+    first = torch.stack(list(train_loader(dest, rank=0, seed=3, **args)))
+    assert torch.equal(first, torch.stack(list(train_loader(dest, rank=0, seed=3, **args))))
+    assert not torch.equal(first, torch.stack(list(train_loader(dest, rank=1, seed=3, **args))))
+    assert not torch.equal(first, torch.stack(list(train_loader(dest, rank=0, seed=4, **args))))
+    assert not torch.equal(first, torch.stack(list(train_loader(dest, rank=0, seed=3, epoch=1, **args))))
+
+
+def test_augmentation_switches(shard_set):
+    """With flips and rotations off, every crop is a window of an original tile, in its original orientation."""
+    dest, _ = shard_set
+    originals = {s.key: np.asarray(Image.open(io.BytesIO(s.hr_png))) for s in photo_tiles()}
+    stream = train_loader(dest, crop=48, batch_size=8, steps=3, use_hflip=False, use_rot=False, with_keys=True)
+    for batch, keys in stream:
+        for crop, key in zip(batch, keys):
+            assert np.array_equal(crop.permute(1, 2, 0).numpy(), originals[key])
+
+
+def test_fewer_shards_than_slots_resamples_everything(tmp_path, caplog):
+    dest = str(tmp_path / "one")
+    write_shards(photo_tiles()[:6], dest, progress=False)
+    assert split_units(["a"], 1, 2, 0, 1) == (["a"], False)
+    with caplog.at_level(logging.WARNING, logger="srcluster.data.stream"):
+        streams = [train_loader(dest, crop=32, batch_size=3, steps=4, rank=r, world_size=2, with_keys=True)
+                   for r in range(2)]
+    batches = [list(s) for s in streams]
+    assert [len(b) for b in batches] == [4, 4]
+    assert set(keys_of(batches[0])) == set(keys_of(batches[1]))  # both ranks read the one shard ...
+    assert keys_of(batches[0]) != keys_of(batches[1])  # ... in their own order
+    assert "every rank reads all of them" in caplog.text
+
+
+def test_corrupt_png_is_skipped(tmp_path):
+    good = photo_tiles()[:10]
+    broken = Sample("broken", good[0].hr_png[: len(good[0].hr_png) // 2], {})  # a PNG cut off halfway
+    garbage = Sample("garbage", b"definitely not an image", {})
+    dest = str(tmp_path / "bad")
+    write_shards([*good[:5], broken, *good[5:], garbage], dest, max_samples=6, progress=False)
+    stream = train_loader(dest, crop=32, batch_size=5, steps=6, with_keys=True)  # 30 crops: 3 passes over 10
+    keys = keys_of(stream)
+    assert len(keys) == 30 and not {"broken", "garbage"} & set(keys)
+    assert stream.skipped["corrupt"] >= 4
+
+
+def test_truncated_shard_is_skipped(tmp_path):
+    dest = tmp_path / "trunc"
+    write_shards(photo_tiles()[:12], str(dest), max_samples=6, progress=False)
+    shard = dest / "shard-000000.tar"
+    shard.write_bytes(shard.read_bytes()[:5000])
+    stream = train_loader(str(dest), crop=32, batch_size=4, steps=5, with_keys=True)
+    assert len(list(stream)) == 5
+    assert stream.skipped["bad_shard"] >= 1
+
+
+def write_images(folder, images: dict[str, np.ndarray]) -> None:
+    for name, image in images.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+
+
+def test_folder_input_and_small_images(tmp_path):
+    photo = skimage.data.chelsea()
+    write_images(tmp_path, {
+        "a/big.png": photo[:64, :64], "b/bigger.jpg": photo[64:144, :96], "c.webp": photo[:80, 100:180],
+        "tiny.png": photo[:20, :20], "narrow.bmp": photo[:100, :16], ".hidden.png": photo[:64, :64],
+    })
+    (tmp_path / "notes.txt").write_text("not an image")
+    stream = train_loader(str(tmp_path), crop=32, batch_size=2, steps=6, with_keys=True)
+    keys = keys_of(stream)
+    assert len(keys) == 12
+    assert {os.path.basename(k) for k in keys} == {"big.png", "bigger.jpg", "c.webp"}
+    assert stream.skipped["too_small"] >= 2
+
+    names = [(name, tuple(image.shape)) for name, image in iter_images(str(tmp_path))]
+    assert names == [("a/big", (3, 64, 64)), ("b/bigger", (3, 80, 96)), ("c", (3, 80, 80)),
+                     ("narrow", (3, 100, 16)), ("tiny", (3, 20, 20))]
+    big = dict(iter_images(str(tmp_path)))["a/big"]
+    assert np.array_equal(big.permute(1, 2, 0).numpy(), photo[:64, :64])
+
+
+def test_everything_too_small_fails_clearly(tmp_path):
+    write_images(tmp_path, {"tiny.png": skimage.data.chelsea()[:16, :16]})
+    with pytest.raises(SrclusterError, match="no usable 32x32 crop"):
+        list(train_loader(str(tmp_path), crop=32, batch_size=2, steps=1))
+
+
+def test_iter_images_of_shard_set(shard_set):
+    dest, shard_keys = shard_set
+    items = list(iter_images(dest))
+    assert [name for name, _ in items] == [k for keys in shard_keys for k in keys]
+    assert {tuple(t.shape) for _, t in items} == {(3, 48, 48)}
+
+
+def test_memory_folder(tmp_path):
+    import fsspec
+
+    root = f"memory://imgs-{uuid.uuid4().hex}"
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file(f"{root}/one.png", encode_png(skimage.data.astronaut()[:40, :40]))
+    batches = list(train_loader(root, crop=40, batch_size=2, steps=2))
+    assert [tuple(b.shape) for b in batches] == [(2, 3, 40, 40)] * 2
+
+
+@pytest.fixture(scope="module")
+def s3_shards(s3) -> tuple[str, list[Sample]]:
+    dest = f"s3://srcluster/tests/stream-{uuid.uuid4().hex}"
+    samples = photo_tiles()[:24]
+    write_shards(samples, dest, max_samples=PER_SHARD, progress=False)  # 4 shards: 2 per rank, 1 per worker
+    return dest, samples
+
+
+@pytest.mark.parametrize("context", ["forkserver", "spawn"])
+def test_s3_two_workers(s3_shards, context):
+    dest, samples = s3_shards
+    args = dict(crop=32, batch_size=3, steps=6, num_workers=2, rank=1, world_size=2, with_keys=True, mp_context=context)
+    batches = list(train_loader(dest, **args))
+    assert len(batches) == 6 and {tuple(b.shape) for b, _ in batches} == {(3, 3, 32, 32)}
+    keys = keys_of(batches)
+    by_shard = [{s.key for s in samples[i:i + PER_SHARD]} for i in range(0, len(samples), PER_SHARD)]
+    assert set(keys) <= by_shard[1] | by_shard[3]  # rank 1 of 2 owns shards 1 and 3
+    # The DataLoader alternates between its two workers, and each worker owns one of those shards.
+    assert set(keys) & by_shard[1] and set(keys) & by_shard[3]
+    if context == "forkserver":  # cheap to repeat: the forkserver is already up
+        again = list(train_loader(dest, **args))
+        assert all(torch.equal(a, b) and ka == kb for (a, ka), (b, kb) in zip(batches, again))

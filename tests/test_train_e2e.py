@@ -1,0 +1,137 @@
+"""A real stage and a real three-stage chain: shards on SeaweedFS S3, 2 Ray Train workers over gloo, MLflow server."""
+
+from __future__ import annotations
+
+import configparser
+
+import pytest
+import yaml
+
+from srcluster import home
+from srcluster.cli import main
+from srcluster.data.sample import build_sample_dataset
+from srcluster.pipeline import parse_recipe, run_recipe
+from srcluster.storage import StorageSettings
+from srcluster.track import Tracker
+from srcluster.train.stage import run_stage
+
+pytestmark = pytest.mark.slow
+
+TRAIN, VAL = "s3://srcluster/e2e/train", "s3://srcluster/e2e/val"
+
+
+def tiny_job(**overrides) -> dict:
+    job = {
+        "name": "e2e",
+        "scale": 2,
+        "manual_seed": 5,
+        "datasets": {"train": {"dataroot_gt": TRAIN, "lq_size": 16, "batch_size_per_gpu": 2, "num_worker_per_gpu": 0},
+                     "val": {"dataroot_gt": VAL}},
+        "network_g": {"type": "superultracompact"},
+        "train": {"total_iter": 20, "losses": [{"type": "charbonnierloss", "loss_weight": 1.0}]},
+        "val": {"val_freq": 10},
+        "logger": {"print_freq": 10, "save_checkpoint_freq": 10},
+        "srcluster": {"workers": 2},
+    }
+    job.update(overrides)
+    return job
+
+
+@pytest.fixture(scope="module")
+def sample_data(stack):
+    return build_sample_dataset(TRAIN, VAL, tile=64, val_size=64, progress=False)
+
+
+def local_secret() -> str:
+    parser = configparser.ConfigParser()
+    parser.read(home.credentials_path())
+    return parser["srcluster"]["aws_secret_access_key"]
+
+
+def test_stage_streams_from_s3_checkpoints_to_s3_and_tracks_in_mlflow(stack, ray_cluster, sample_data, tmp_path):
+    from spandrel import ModelLoader
+
+    from srcluster.config import parse_job
+
+    result = run_stage(parse_job(tiny_job()))
+    assert result.iterations == 20
+
+    fs, _ = StorageSettings.resolve().filesystem(result.checkpoint_uri)
+    assert result.checkpoint_uri.startswith("s3://srcluster/runs/")
+    assert {p.rsplit("/", 1)[-1] for p in fs.ls(result.checkpoint_uri)} >= {"state.pt", "net_g_ema.safetensors"}
+    run_folder = result.checkpoint_uri.rsplit("/", 1)[0]
+    assert {"checkpoint_0000010", "checkpoint_0000020"} <= {p.rsplit("/", 1)[-1] for p in fs.ls(run_folder)}
+
+    client = Tracker().client
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["datasets.train.lq_size"] == "16" and run.data.params["effective_batch"] == "4"
+    assert [m.step for m in client.get_metric_history(result.run_id, "val_psnr")] == [10, 20]
+    assert len(client.get_metric_history(result.run_id, "l_g_charbonnierloss")) == 2
+    assert run.data.metrics["val_psnr"] > 20 and run.data.metrics["samples_per_s"] > 0
+    secret = local_secret()
+    assert all(secret not in str(v) for v in [*run.data.params.values(), *run.data.tags.values()])
+
+    artifacts = {f.path for folder in ("model", "comparisons") for f in client.list_artifacts(result.run_id, folder)}
+    assert {"model/net_g_ema_20.safetensors", "comparisons/val_0000020.png"} <= artifacts
+    # artifacts went through the tracking server into the mlflow bucket on S3
+    s3_fs, _ = StorageSettings.resolve().filesystem("s3://mlflow/")
+    assert any(p.endswith("net_g_ema_20.safetensors") for p in s3_fs.find("mlflow/artifacts"))
+
+    exported = client.download_artifacts(result.run_id, "model/net_g_ema_20.safetensors", str(tmp_path))
+    model = ModelLoader().load_from_file(exported)
+    assert model.architecture.id == "Compact" and model.scale == 2
+
+
+def test_three_stages_chain_with_lineage(stack, ray_cluster, sample_data):
+    recipe = parse_recipe({
+        **tiny_job(name="chain"),
+        "train": {"total_iter": 8, "losses": [{"type": "charbonnierloss"}]},
+        "val": {"val_freq": 4},
+        "logger": {"print_freq": 4, "save_checkpoint_freq": 4},
+        "stages": {"fidelity_2x": {}, "fidelity_4x": {}, "gan_4x": {"network_d": {"type": "unetdiscriminatorsn",
+                                                                                     "num_feat": 8}}},
+    }, "chain.yml")
+    summaries = run_recipe(recipe)
+    assert [s.stage for s in summaries] == ["fidelity_2x", "fidelity_4x", "gan_4x"]
+    assert [s.iterations for s in summaries] == [8, 4, 4]
+
+    client = Tracker().client
+    runs = [client.get_run(s.run_id) for s in summaries]
+    parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    assert len(parents) == 1
+    parent = client.get_run(parents.pop())
+    assert parent.info.status == "FINISHED" and parent.data.tags["srcluster.recipe"] == "chain"
+    assert len({r.info.experiment_id for r in runs + [parent]}) == 1
+    assert runs[0].data.tags["srcluster.pretrain"] == "scratch"
+    assert runs[1].data.tags["srcluster.pretrain"] == summaries[0].checkpoint_uri + "/net_g_ema.safetensors"
+    assert runs[2].data.tags["srcluster.pretrain"] == summaries[1].checkpoint_uri + "/net_g_ema.safetensors"
+    assert runs[1].data.params["path.strict_load_g"] == "False" and runs[2].data.params["scale"] == "4"
+    assert "l_g_gan" in runs[2].data.metrics and "l_d_real" in runs[2].data.metrics
+
+
+@pytest.mark.parametrize(
+    "change, env, expected",
+    [
+        ({"srcluster": {"workers": 2, "s3_endpoint": "http://127.0.0.1:9"}}, {"AWS_PROFILE": "srcluster"},
+         "cannot reach S3 endpoint http://127.0.0.1:9"),
+        ({"srcluster": {"workers": 2, "s3_endpoint": "http://127.0.0.1:9"}}, {}, "no S3 credentials"),
+        ({}, {"AWS_ACCESS_KEY_ID": "AKIAWRONGWRONG", "AWS_SECRET_ACCESS_KEY": "wrong-secret-value"},
+         "rejected the credentials"),
+        ({"datasets": {"train": {"dataroot_gt": "s3://no-such-bucket/x"}}}, {}, "bucket 'no-such-bucket' does not exist"),
+        ({"datasets": {"train": {"dataroot_gt": "s3://srcluster/e2e/nothing-here"}}}, {}, "dataset s3://srcluster/e2e/nothing-here does not exist"),
+    ],
+)
+def test_bad_storage_fails_in_one_line_before_training(stack, sample_data, tmp_path, monkeypatch, capsys, change, env, expected):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    job = tiny_job(**change)
+    path = tmp_path / "job.yml"
+    path.write_text(yaml.safe_dump(job))
+    runs_before = len(Tracker().client.search_runs([e.experiment_id for e in Tracker().client.search_experiments()]))
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "wrong-secret-value" not in err
+    runs_after = len(Tracker().client.search_runs([e.experiment_id for e in Tracker().client.search_experiments()]))
+    assert runs_after == runs_before  # nothing was started

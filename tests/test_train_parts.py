@@ -1,0 +1,172 @@
+"""The pieces of a training stage, on CPU without Ray: losses, EMA, accumulation, checkpoints, weights in and out."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from srcluster.config import parse_job
+from srcluster.errors import SrclusterError
+from srcluster.train import archs, losses, weights
+from srcluster.train.loop import EMA, build_stage, train_step
+
+
+def job(**overrides):
+    data = {
+        "name": "unit", "scale": 2, "manual_seed": 3,
+        "datasets": {"train": {"dataroot_gt": "memory://none", "lq_size": 8, "batch_size_per_gpu": 4}},
+        "network_g": {"type": "compact", "num_feat": 8, "num_conv": 2},
+        "train": {"total_iter": 10, "ema_decay": 0.9, "losses": [{"type": "charbonnierloss"}]},
+    }
+    for key, value in overrides.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return parse_job(data)
+
+
+def hr_batches(n, batch, seed=0, size=16):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (batch, 3, size, size), generator=g, dtype=torch.uint8) for _ in range(n)]
+
+
+def test_losses_against_hand_computed_values():
+    sr, gt = torch.tensor([[0.0, 0.5]]), torch.tensor([[0.3, 0.5]])
+    assert losses.build_loss("l1loss")(sr, gt).item() == pytest.approx(0.15)
+    assert losses.build_loss("charbonnierloss", eps=1e-6)(sr, gt).item() == pytest.approx(
+        (math.sqrt(0.09 + 1e-6) + math.sqrt(1e-6)) / 2)
+    logits = torch.tensor([2.0, -1.0])
+    vanilla = losses.build_loss("ganloss", gan_type="vanilla")
+    assert vanilla(logits, True).item() == pytest.approx(
+        (math.log1p(math.exp(-2)) + math.log1p(math.exp(1))) / 2, rel=1e-6)
+    hinge = losses.build_loss("ganloss", gan_type="hinge")
+    assert hinge(logits, True, is_disc=True).item() == pytest.approx((0 + 2) / 2)
+    assert hinge(logits, False, is_disc=True).item() == pytest.approx((3 + 0) / 2)
+    assert hinge(logits, True, is_disc=False).item() == pytest.approx(-0.5)
+    assert losses.build_loss("ganloss", gan_type="lsgan")(logits, False).item() == pytest.approx((4 + 1) / 2)
+    with pytest.raises(ValueError, match="gan_type"):
+        losses.build_loss("ganloss", gan_type="wgan")
+
+
+def test_ema_follows_the_documented_decay():
+    net = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(net.weight)
+    ema = EMA(net, decay=0.999, power=0.75)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    ema.update(net)
+    d1 = min(0.999, 1 - 2 ** -0.75)
+    assert ema.net.weight.item() == pytest.approx(1 - d1)
+    ema.update(net)
+    d2 = min(0.999, 1 - 3 ** -0.75)
+    assert ema.net.weight.item() == pytest.approx(d2 * (1 - d1) + (1 - d2))
+    assert EMA(net, 0.5, 0).current_decay() == 0.5
+
+
+def record_grads(stage):
+    """Keep a copy of the generator's gradients each time its optimizer steps (Adam hides gradient scale)."""
+    seen, step = [], stage.optim_g.step
+
+    def recording_step(*args, **kwargs):
+        seen.append([p.grad.detach().clone() for p in stage.raw_g.parameters()])
+        return step(*args, **kwargs)
+
+    stage.optim_g.step = recording_step
+    return seen
+
+
+def test_accumulation_equals_one_big_batch():
+    big = hr_batches(1, 4)
+    small = list(big[0].split(2))
+    a = build_stage(job(), torch.device("cpu"))
+    b = build_stage(job(datasets={"train": {"dataroot_gt": "memory://none", "lq_size": 8, "batch_size_per_gpu": 2,
+                                            "accum_iter": 2}}), torch.device("cpu"))
+    grads_a, grads_b = record_grads(a), record_grads(b)
+    la = train_step(a, iter(big), accum=1)
+    lb = train_step(b, iter(small), accum=2)
+    assert la["l_g_charbonnierloss"] == pytest.approx(lb["l_g_charbonnierloss"], rel=1e-5)
+    for ga, gb in zip(grads_a[0], grads_b[0]):
+        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-7)
+    for pa, pb in zip(a.raw_g.parameters(), b.raw_g.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=2e-5)
+
+
+def test_checkpoint_round_trip_gives_identical_next_step():
+    data = hr_batches(4, 2)
+    a = build_stage(job(), torch.device("cpu"))
+    for batch in data[:2]:
+        train_step(a, iter([batch]), 1)
+    state = copy.deepcopy(a.state())
+    expected = train_step(a, iter([data[2]]), 1)
+    b = build_stage(job(manual_seed=99), torch.device("cpu"))  # different init: everything must come from the state
+    b.load_state(state)
+    assert b.iteration == 2 and b.ema.step == 2
+    got = train_step(b, iter([data[2]]), 1)
+    assert got["l_g_charbonnierloss"] == expected["l_g_charbonnierloss"]
+    for pa, pb in zip(a.ema.net.parameters(), b.ema.net.parameters()):
+        torch.testing.assert_close(pa, pb)
+
+
+def test_gan_step_trains_generator_and_discriminator():
+    stage = build_stage(job(network_d={"type": "unetdiscriminatorsn", "num_feat": 8},
+                            train={"total_iter": 10, "losses": [{"type": "charbonnierloss"},
+                                                                {"type": "ganloss", "loss_weight": 0.1}]}),
+                        torch.device("cpu"))
+    before = [p.detach().clone() for p in stage.raw_d.parameters()]
+    out = train_step(stage, iter(hr_batches(1, 2)), 1)
+    assert {"l_g_charbonnierloss", "l_g_gan", "l_d_real", "l_d_fake"} <= set(out)
+    assert any(not torch.equal(a, b) for a, b in zip(before, stage.raw_d.parameters()))
+    assert all(p.requires_grad for p in stage.raw_d.parameters())
+
+
+@pytest.mark.parametrize("name", ["unetdiscriminatorsn", "patchgan"])
+def test_discriminators_score_images(name):
+    net = archs.build_discriminator(name, num_feat=8)
+    out = net(torch.rand(2, 3, 64, 64))
+    assert out.shape[0] == 2 and out.shape[1] == 1
+
+
+@pytest.mark.parametrize("name", ["compact", "ultracompact", "superultracompact", "span", "esrgan_lite", "realplksr"])
+def test_generators_upscale_by_the_job_scale(name):
+    net = archs.build_generator(name, 4) if name not in ("esrgan_lite", "realplksr") else \
+        archs.build_generator(name, 4, **({"num_blocks": 1} if name == "esrgan_lite" else {"n_blocks": 2}))
+    assert net(torch.rand(1, 3, 12, 12)).shape == (1, 3, 48, 48)
+
+
+def test_pretrain_loading_strict_and_not(tmp_path):
+    two = archs.build_generator("compact", 2, num_feat=8, num_conv=2)
+    path = weights.export_generator(two, tmp_path / "g.safetensors")
+    four = archs.build_generator("compact", 4, num_feat=8, num_conv=2)
+    report = weights.load_pretrain(four, str(path), strict=False)
+    assert report.loaded == len(four.state_dict()) - 2  # the last conv (weight, bias) feeds the x4 pixel shuffle
+    assert any("body.6.weight (shape" in s for s in report.skipped)
+    torch.testing.assert_close(four.state_dict()["body.0.weight"], two.state_dict()["body.0.weight"])
+    with pytest.raises(SrclusterError, match="strict_load_g: pretrain .* does not match.*body.6.weight"):
+        weights.load_pretrain(archs.build_generator("compact", 4, num_feat=8, num_conv=2), str(path), strict=True)
+    with pytest.raises(SrclusterError, match="does not exist"):
+        weights.load_pretrain(four, str(tmp_path / "missing.safetensors"))
+
+
+def test_pth_pretrains_with_param_keys_and_no_pickled_code(tmp_path):
+    net = archs.build_generator("compact", 2, num_feat=8, num_conv=2)
+    torch.save({"params_ema": net.state_dict(), "params": {}}, tmp_path / "g.pth")
+    fresh = archs.build_generator("compact", 2, num_feat=8, num_conv=2)
+    assert weights.load_pretrain(fresh, str(tmp_path / "g.pth")).loaded == len(net.state_dict())
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"params": Boom()}, tmp_path / "evil.pth")
+    with pytest.raises(SrclusterError, match="not a weights-only torch file"):
+        weights.load_pretrain(fresh, str(tmp_path / "evil.pth"))
+
+
+def test_exported_generator_loads_in_spandrel(tmp_path):
+    from spandrel import ModelLoader
+
+    net = archs.build_generator("superultracompact", 4)
+    path = weights.export_generator(net, tmp_path / "net_g_ema.safetensors")
+    model = ModelLoader().load_from_file(path)
+    assert model.architecture.id == "Compact" and model.scale == 4
+    x = torch.rand(1, 3, 8, 8)
+    torch.testing.assert_close(model.model(x), net(x))
