@@ -64,13 +64,9 @@ def test_ema_follows_the_documented_decay():
 
 def record_grads(stage):
     """Keep a copy of the generator's gradients each time its optimizer steps (Adam hides gradient scale)."""
-    seen, step = [], stage.optim_g.step
-
-    def recording_step(*args, **kwargs):
-        seen.append([p.grad.detach().clone() for p in stage.raw_g.parameters()])
-        return step(*args, **kwargs)
-
-    stage.optim_g.step = recording_step
+    seen = []
+    stage.optim_g.register_step_pre_hook(
+        lambda optimizer, args, kwargs: seen.append([p.grad.detach().clone() for p in stage.raw_g.parameters()]))
     return seen
 
 
