@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from srcluster.errors import ConfigError
 
@@ -158,11 +158,14 @@ class Cluster(Strict):
     gpus_per_worker: Annotated[float, Field(ge=0)] = 1
     storage: str | None = None  # Ray Train run storage; default s3://srcluster/runs on the local stack
     s3_endpoint: str | None = None  # default: AWS_ENDPOINT_URL, else the local stack
-    max_failures: Annotated[int, Field(ge=-1)] = 0
+    max_failures: Annotated[int, Field(ge=-1)] = 0  # worker-group restarts from the latest checkpoint; -1 = unlimited
+    nonfinite_patience: PositiveInt = 10  # stop after this many consecutive non-finite steps (each is skipped)
     mlflow: MlflowOptions = MlflowOptions()
 
 
 class Job(Strict):
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+
     name: str
     scale: Literal[1, 2, 3, 4, 8]
     manual_seed: int | None = 0
@@ -192,6 +195,11 @@ class Job(Strict):
         return self
 
     @property
+    def warnings(self) -> list[str]:
+        """traiNNer-redux options in the job file that srcluster accepted but does not act on."""
+        return self._warnings
+
+    @property
     def uses_gan(self) -> bool:
         return any(loss.type == "ganloss" and loss.loss_weight > 0 for loss in self.train.losses)
 
@@ -199,6 +207,97 @@ class Job(Strict):
     def effective_batch(self) -> int:
         train = self.datasets.train
         return train.batch_size_per_gpu * train.accum_iter * self.srcluster.workers
+
+
+# --- traiNNer-redux options srcluster accepts without acting on them ------------------------------------------------
+
+_NO_COMPILE = "torch.compile is not used by srcluster yet"
+_NO_MOA = "mixture-of-augmentations (MoA) is not implemented by srcluster"
+_NO_OTF = "on-the-fly degradations are not applied yet: LR is the bicubic downscale of HR"
+_DEBUG = "look at degradations with `srcluster degrade preview` instead"
+
+# key path ("*" = any dataset name) -> why it has no effect. Any other unknown key is an error.
+IGNORED: dict[str, str] = {
+    "num_gpu": "srcluster.workers and srcluster.use_gpu choose the devices",
+    "use_compile": _NO_COMPILE,
+    "compile_mode": _NO_COMPILE,
+    "fast_matmul": "TF32 matmuls are left at PyTorch's default",
+    "high_order_degradations_debug": _DEBUG,
+    "high_order_degradations_debug_limit": _DEBUG,
+    "train.use_moa": _NO_MOA,
+    "train.moa_augs": _NO_MOA,
+    "train.moa_probs": _NO_MOA,
+    "train.moa_debug": _NO_MOA,
+    "train.moa_debug_limit": _NO_MOA,
+    "logger.use_tb_logger": "metrics go to MLflow",
+    "datasets.*.meta_info": "shard manifests list the samples",
+    "datasets.*.io_backend": "every URL is read through fsspec",
+    "datasets.*.filename_tmpl": "pairs are matched by relative path and stem",
+    **{key: _NO_OTF for key in (
+        "high_order_degradation", "thicklines_prob", "lq_usm", "lq_usm_radius_range", "queue_size",
+        "blur_prob", "resize_prob", "resize_mode_list", "resize_mode_prob", "resize_range", "gaussian_noise_prob",
+        "noise_range", "poisson_scale_range", "gray_noise_prob", "jpeg_prob", "jpeg_range", "blur_prob2",
+        "resize_prob2", "resize_mode_list2", "resize_mode_prob2", "resize_range2", "gaussian_noise_prob2",
+        "noise_range2", "poisson_scale_range2", "gray_noise_prob2", "jpeg_prob2", "jpeg_range2", "resize_mode_list3",
+        "resize_mode_prob3")},
+    **{f"datasets.*.{key}": _NO_OTF for key in (
+        "blur_kernel_size", "kernel_list", "kernel_prob", "kernel_range", "sinc_prob", "blur_sigma", "betag_range",
+        "betap_range", "blur_kernel_size2", "kernel_list2", "kernel_prob2", "kernel_range2", "sinc_prob2",
+        "blur_sigma2", "betag_range2", "betap_range2", "final_sinc_prob", "final_kernel_range")},
+}
+
+# traiNNer-redux's loss names that srcluster does not implement: fine at weight 0 (off), an error otherwise.
+TRAINNER_LOSSES = frozenset({
+    "adistsloss", "aesoploss", "averageloss", "bcewithlogitsdiceloss", "bicubicloss", "colorloss", "contextualloss",
+    "cosimloss", "distsloss", "ffloss", "fftloss", "fliploss", "gradientvarianceloss", "ldlloss", "linedistillerloss",
+    "lumaloss", "msssiml1loss", "multiscaleganloss", "nccloss", "perceptualanimeloss", "perceptualfp16loss",
+    "psnrloss", "sobeledgeloss", "ssimloss", "structuretextureloss", "mssimloss", "perceptualloss", "hsluvloss",
+})
+
+
+def _ignored_reason(path: tuple[str, ...]) -> str | None:
+    if path[0] == "datasets" and len(path) == 3:
+        return IGNORED.get(f"datasets.*.{path[2]}")
+    return IGNORED.get(".".join(path))
+
+
+def lift_ignored(data: dict, source: str) -> tuple[dict, list[str]]:
+    """Remove the traiNNer-redux options srcluster does not act on, with one warning each; leave the rest."""
+    import copy
+
+    data = copy.deepcopy(data)
+    warnings: list[str] = []
+
+    def visit(node: dict, path: tuple[str, ...]) -> None:
+        for key in list(node):
+            reason = _ignored_reason((*path, str(key)))
+            if reason is not None:
+                del node[key]
+                warnings.append(f"{source}: {'.'.join((*path, str(key)))}: ignored ({reason})")
+
+    visit(data, ())
+    for section in ("train", "logger", "val", "path"):
+        if isinstance(data.get(section), dict):
+            visit(data[section], (section,))
+    for name, dataset in (data.get("datasets") or {}).items() if isinstance(data.get("datasets"), dict) else ():
+        if isinstance(dataset, dict):
+            visit(dataset, ("datasets", str(name)))
+    losses = (data.get("train") or {}).get("losses") if isinstance(data.get("train"), dict) else None
+    if isinstance(losses, list):
+        from srcluster.train.losses import LOSSES
+
+        kept = []
+        for i, loss in enumerate(losses):
+            kind = str(loss.get("type", "")).lower() if isinstance(loss, dict) else ""
+            if kind in TRAINNER_LOSSES and kind not in LOSSES.names():
+                if loss.get("loss_weight", 1.0) not in (0, 0.0):
+                    raise ConfigError(f"{source}: train.losses[{i}].type: traiNNer-redux's {kind!r} is not implemented "
+                                      "by srcluster; set its loss_weight to 0 or remove it")
+                warnings.append(f"{source}: train.losses[{i}]: {kind} (weight 0) ignored: not implemented by srcluster")
+                continue
+            kept.append(loss)
+        data["train"]["losses"] = kept
+    return data, warnings
 
 
 # --- loading and error messages -----------------------------------------------------------------------------------
@@ -268,10 +367,13 @@ def describe_errors(exc: ValidationError, source: str) -> str:
 def parse_job(data: Any, source: str = "job") -> Job:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of traiNNer-redux options at the top level, got {type(data).__name__}")
+    data, warnings = lift_ignored(data, source)
     try:
-        return Job.model_validate(data)
+        job = Job.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(describe_errors(exc, source)) from None
+    job._warnings = warnings
+    return job
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -92,26 +92,27 @@ class Stage:
     raw_d: nn.Module | None = None
     optim_d: torch.optim.Optimizer | None = None
     sched_d: torch.optim.lr_scheduler.LRScheduler | None = None
+    scaler: torch.amp.GradScaler | None = None  # fp16 autocast only; bf16 and fp32 need no loss scaling
     iteration: int = 0
+    nonfinite_streak: int = 0
 
     @property
     def eval_net(self) -> nn.Module:
         return self.ema.net if self.ema else self.raw_g
 
     def state(self) -> dict[str, Any]:
-        parts = {"net_g": self.raw_g, "optim_g": self.optim_g, "sched_g": self.sched_g,
-                 "net_d": self.raw_d, "optim_d": self.optim_d, "sched_d": self.sched_d,
-                 "net_g_ema": self.ema.net if self.ema else None}
-        state = {name: part.state_dict() for name, part in parts.items() if part is not None}
+        state = {name: part.state_dict() for name, part in self.parts().items() if part is not None}
         state.update(iteration=self.iteration, ema_step=self.ema.step if self.ema else 0,
                      torch_rng=torch.get_rng_state())
         return state
 
+    def parts(self) -> dict[str, Any]:
+        return {"net_g": self.raw_g, "optim_g": self.optim_g, "sched_g": self.sched_g,
+                "net_d": self.raw_d, "optim_d": self.optim_d, "sched_d": self.sched_d, "scaler": self.scaler,
+                "net_g_ema": self.ema.net if self.ema else None}
+
     def load_state(self, state: dict[str, Any]) -> None:
-        parts = {"net_g": self.raw_g, "optim_g": self.optim_g, "sched_g": self.sched_g,
-                 "net_d": self.raw_d, "optim_d": self.optim_d, "sched_d": self.sched_d,
-                 "net_g_ema": self.ema.net if self.ema else None}
-        for name, part in parts.items():
+        for name, part in self.parts().items():
             if part is not None and name in state:
                 part.load_state_dict(state[name])
         self.iteration = int(state["iteration"])
@@ -141,6 +142,8 @@ def build_stage(job: Job, device: torch.device, wrap=lambda net: net, log=print)
         else:
             pixel.append((spec.type, spec.loss_weight, module))
     stage = Stage(job, device, wrap(raw_g), raw_g, ema, optim_g, build_scheduler(optim_g, job), pixel, gan)
+    if job.use_amp and not job.amp_bf16 and device.type == "cuda":
+        stage.scaler = torch.amp.GradScaler("cuda")
     if gan is not None:
         assert job.network_d is not None  # the config validator guarantees it
         raw_d = archs.build_discriminator(job.network_d.type, **job.network_d.options()).to(device)
@@ -186,7 +189,7 @@ def train_step(stage: Stage, batches, accum: int) -> dict[str, float]:
                 terms["l_g_gan"] = weight * gan_loss(stage.raw_d(sr), True, is_disc=False)
                 stage.raw_d.requires_grad_(True)
             loss_g = sum(terms.values())
-        (loss_g / accum).backward()
+        scale(stage, loss_g / accum).backward()
         for name, value in terms.items():
             totals[name] = totals.get(name, 0.0) + value.detach() / accum
         if stage.gan is not None:
@@ -195,24 +198,54 @@ def train_step(stage: Stage, batches, accum: int) -> dict[str, float]:
                 logits = stage.net_d(torch.cat([hr, sr.detach()]))
                 real, fake = logits.chunk(2)
                 l_real, l_fake = stage.gan[1](real, True, is_disc=True), stage.gan[1](fake, False, is_disc=True)
-            ((l_real + l_fake) / accum).backward()
+            scale(stage, (l_real + l_fake) / accum).backward()
             totals["l_d_real"] = totals.get("l_d_real", 0.0) + l_real.detach() / accum
             totals["l_d_fake"] = totals.get("l_d_fake", 0.0) + l_fake.detach() / accum
-    if job.train.grad_clip:
-        nn.utils.clip_grad_norm_(stage.raw_g.parameters(), job.train.grad_clip_max_norm)
-    for optim, sched in ((stage.optim_g, stage.sched_g), (stage.optim_d, stage.sched_d)):
-        if optim is not None:
-            optim.step()
-            optim.zero_grad(set_to_none=True)
+    steps = [(optim, sched) for optim, sched in ((stage.optim_g, stage.sched_g), (stage.optim_d, stage.sched_d)) if optim]
+    if stage.scaler:
+        for optim, _ in steps:
+            stage.scaler.unscale_(optim)
+    # After DDP's all-reduce every rank holds the same gradients, so this norm (and the skip decision) is the same
+    # on every rank: a non-finite step is skipped everywhere or nowhere.
+    max_norm = job.train.grad_clip_max_norm if job.train.grad_clip else math.inf
+    norms = [nn.utils.clip_grad_norm_(stage.raw_g.parameters(), max_norm)]
+    if stage.raw_d is not None:
+        norms.append(nn.utils.get_total_norm([p.grad for p in stage.raw_d.parameters() if p.grad is not None]))
+    # one host sync per step, for the norms and all loss terms together
+    values = torch.stack([*norms, *(torch.as_tensor(v) for v in totals.values())]).tolist()
+    finite = all(math.isfinite(v) for v in values)
+    if finite or stage.scaler:  # the scaler skips inf steps itself and lowers its scale
+        for optim, sched in steps:
+            stage.scaler.step(optim) if stage.scaler else optim.step()
             sched.step()
-    if stage.ema:
-        stage.ema.update(stage.raw_g)
+        if stage.scaler:
+            stage.scaler.update()
+        if stage.ema:
+            stage.ema.update(stage.raw_g)
+    for optim, _ in steps:
+        optim.zero_grad(set_to_none=True)
+    stage.nonfinite_streak = 0 if finite else stage.nonfinite_streak + 1
     stage.iteration += 1
-    # one host sync per step, for all loss terms together
-    values = torch.stack([torch.as_tensor(v) for v in totals.values()]).tolist() if totals else []
-    out = dict(zip(totals, values))
+    out = dict(zip(totals, values[len(norms):]))
+    out["grad_norm_g"] = values[0]
     out["data_wait_s"] = data_wait
     return out
+
+
+def scale(stage: Stage, loss: torch.Tensor) -> torch.Tensor:
+    return stage.scaler.scale(loss) if stage.scaler else loss
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def check_finite(stage: Stage, patience: int) -> None:
+    if stage.nonfinite_streak >= patience:
+        raise NonFiniteLossError(
+            f"{stage.nonfinite_streak} consecutive non-finite losses or gradients up to iteration {stage.iteration}; "
+            "the last good checkpoint is kept. Lower train.optim_g.lr, turn on train.grad_clip, raise warmup_iter, "
+            "or use amp_bf16: true instead of fp16")
 
 
 def amp_context(job: Job, device: torch.device):
@@ -273,7 +306,13 @@ def train_worker(config: dict[str, Any]) -> None:
     train_start = time.perf_counter()
     start_iteration = stage.iteration
     while stage.iteration < total:
-        step = train_step(stage, batches, data.accum_iter)
+        try:
+            step = train_step(stage, batches, data.accum_iter)
+        except torch.OutOfMemoryError as exc:
+            raise torch.OutOfMemoryError(
+                f"{exc}\nout of memory at lq_size {data.lq_size}, batch_size_per_gpu {data.batch_size_per_gpu}: lower "
+                "datasets.train.lq_size or batch_size_per_gpu and raise accum_iter to keep the effective batch") from None
+        check_finite(stage, job.srcluster.nonfinite_patience)
         window_steps += 1
         window_wait += step.pop("data_wait_s")
         it = stage.iteration
@@ -291,7 +330,7 @@ def train_worker(config: dict[str, Any]) -> None:
             metrics.update(step)
             metrics.update({"lr": stage.optim_g.param_groups[0]["lr"], "it_per_s": rate,
                             "samples_per_s": rate * data.batch_size_per_gpu * data.accum_iter * world,
-                            "data_wait_fraction": window_wait / elapsed})
+                            "data_wait_fraction": window_wait / elapsed, "peak_memory_mb": peak_memory_mb(device)})
             window_start, window_steps, window_wait = time.perf_counter(), 0, 0.0
             if val_now:
                 with tempfile.TemporaryDirectory() as tmp:
@@ -302,9 +341,18 @@ def train_worker(config: dict[str, Any]) -> None:
             losses_text = " ".join(f"{k} {v:.4g}" for k, v in step.items())
             val_text = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val_"))
             log(f"iter {it}/{total} | {losses_text} | lr {metrics['lr']:.2e} | {rate:.2f} it/s | "
-                f"data wait {100 * metrics['data_wait_fraction']:.0f}% | eta {eta:.0f}s {val_text}".rstrip())
+                f"{metrics['samples_per_s']:.0f} samples/s | data wait {100 * metrics['data_wait_fraction']:.0f}% | "
+                f"peak mem {metrics['peak_memory_mb']:.0f} MB | eta {eta:.0f}s {val_text}".rstrip())
             tracker.log_metrics(run_id, metrics, step=it)
         report(stage, {"iteration": it, **metrics}, save=save_now, rank=rank)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def report(stage: Stage, metrics: dict[str, float], *, save: bool, rank: int) -> None:

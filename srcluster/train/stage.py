@@ -103,8 +103,10 @@ def run_stage(job: Job, *, run_name: str | None = None, parent_run_id: str | Non
     except KeyboardInterrupt:
         tracker.end_run(run_id, "KILLED")
         raise
-    except BaseException:
+    except BaseException as exc:
         tracker.end_run(run_id, "FAILED")
+        if known := known_failure(exc):
+            raise SrclusterError(f"stage {job.name} stopped: {known}") from None
         raise
     if result.checkpoint is None:
         tracker.end_run(run_id, "FAILED")
@@ -120,6 +122,21 @@ def run_stage(job: Job, *, run_name: str | None = None, parent_run_id: str | Non
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     return StageResult(job.name, run_id, int(metrics.get("iteration", job.train.total_iter)), metrics,
                        checkpoint_uri, f"{checkpoint_uri}/{GENERATOR_FILE}", tracker.run_url(run_id))
+
+
+KNOWN_WORKER_ERRORS = ("NonFiniteLossError", "OutOfMemoryError", "SrclusterError")
+
+
+def known_failure(exc: BaseException) -> str | None:
+    """The one-line cause of a failed run when a worker raised one of our own, explained errors."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    for failure in failures.values():
+        text = str(failure)
+        for name in KNOWN_WORKER_ERRORS:
+            if name in text:
+                message = text[text.rindex(name) + len(name):].lstrip(": ").strip()
+                return message.splitlines()[0] if name == "SrclusterError" else " ".join(message.split())
+    return None
 
 
 def checkpoint_url(storage: str, storage_path: str, checkpoint_path: str) -> str:
