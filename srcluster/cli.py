@@ -51,14 +51,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     resolved = job.model_dump(mode="json")
     if args.json:
-        print(json.dumps({"job": resolved, "effective_batch": job.effective_batch}, indent=2))
+        print(json.dumps({"job": resolved, "effective_batch": job.effective_batch, "warnings": job.warnings}, indent=2))
     else:
         import yaml
 
         console.print(yaml.safe_dump(resolved, sort_keys=False), end="", markup=False, highlight=False)
         console.print(f"effective batch: {job.datasets.train.batch_size_per_gpu} per worker x "
                       f"{job.srcluster.workers} workers x {job.datasets.train.accum_iter} accum = {job.effective_batch}")
-        console.print(f"[green]{args.job}: OK[/]")
+        for warning in job.warnings:
+            console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        console.print(f"[green]{args.job}: OK[/]" + (f" ({len(job.warnings)} warnings)" if job.warnings else ""))
     return 0
 
 
@@ -66,7 +68,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from srcluster.config import load_job
     from srcluster.train.stage import run_stage
 
-    result = run_stage(load_job(args.job))
+    job = load_job(args.job)
+    for warning in job.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    result = run_stage(job, fresh=args.fresh)
     console.print(f"[green]done[/]: {result.iterations} iterations, val PSNR "
                   f"{result.metrics.get('val_psnr', float('nan')):.2f} dB")
     console.print(f"generator: {result.generator_uri}")
@@ -78,7 +83,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     from srcluster.pipeline import load_recipe, run_recipe
 
     recipe = load_recipe(args.recipe)
-    for summary in run_recipe(recipe):
+    for summary in run_recipe(recipe, fresh=args.fresh):
         console.print(f"{summary.stage}: {summary.iterations} it, PSNR {summary.psnr}, {summary.checkpoint_uri}")
     return 0
 
@@ -113,10 +118,12 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="run one training stage on Ray Train")
     t.add_argument("job")
+    t.add_argument("--fresh", action="store_true", help="train again even if this config already ran (default: resume)")
     t.set_defaults(fn=cmd_train)
 
     pl = sub.add_parser("pipeline", help="run a three-stage recipe (2x fidelity -> 4x fidelity -> 4x GAN)")
     pl.add_argument("recipe")
+    pl.add_argument("--fresh", action="store_true", help="train every stage again (default: skip finished, resume)")
     pl.set_defaults(fn=cmd_pipeline)
 
     dm = sub.add_parser("demo", help="stack up, sample data, and the three-stage recipe at toy size")

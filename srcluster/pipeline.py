@@ -123,8 +123,10 @@ class StageSummary:
     run_id: str
 
 
-def run_recipe(recipe: Recipe, *, on_stage_done=None) -> list[StageSummary]:
-    """Run the stages in order, each initialised from the previous stage's EMA generator."""
+def run_recipe(recipe: Recipe, *, on_stage_done=None, fresh: bool = False) -> list[StageSummary]:
+    """Run the stages in order, each initialised from the previous stage's EMA generator.
+
+    A rerun skips stages that finished (found in MLflow by their config) and resumes the interrupted one."""
     from srcluster.train.stage import run_stage
     from srcluster.track import Tracker
 
@@ -136,10 +138,12 @@ def run_recipe(recipe: Recipe, *, on_stage_done=None) -> list[StageSummary]:
     try:
         for stage in recipe.stages:
             job = recipe.job(stage, pretrain)
-            result = run_stage(job, run_name=stage, parent_run_id=parent,
+            result = run_stage(job, run_name=stage, parent_run_id=parent, fresh=fresh,
                                tags={"srcluster.recipe": recipe.name, "srcluster.stage": stage,
                                      "srcluster.pretrain": pretrain or "scratch"})
             pretrain = result.generator_uri
+            if result.reused:
+                tracker.set_tags(parent, {f"srcluster.reused.{stage}": result.run_id})
             summary = StageSummary(stage, result.iterations, result.metrics.get("val_psnr"), result.checkpoint_uri,
                                    result.run_id)
             summaries.append(summary)

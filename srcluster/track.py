@@ -85,6 +85,19 @@ class Tracker:
             self.log_params(run.info.run_id, params)
         return run.info.run_id
 
+    def find_run(self, experiment: str, tags: dict[str, str]):
+        """The newest run in `experiment` carrying all of `tags`, or None."""
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return None
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([found.experiment_id], query, order_by=["attributes.start_time DESC"],
+                                       max_results=1)
+        return runs[0] if runs else None
+
+    def reopen(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 

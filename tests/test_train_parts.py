@@ -166,3 +166,29 @@ def test_exported_generator_loads_in_spandrel(tmp_path):
     assert model.architecture.id == "Compact" and model.scale == 4
     x = torch.rand(1, 3, 8, 8)
     torch.testing.assert_close(model.model(x), net(x))
+
+
+def test_non_finite_steps_are_skipped_and_stop_the_run_after_patience():
+    from srcluster.train.loop import NonFiniteLossError, check_finite
+
+    stage = build_stage(job(train={"total_iter": 10, "ema_decay": 0.9, "losses": [{"type": "charbonnierloss"}],
+                                   "optim_g": {"lr": 1e30}}), torch.device("cpu"))
+    batches = iter(hr_batches(6, 2))
+    train_step(stage, batches, 1)  # a finite step with an absurd lr leaves the weights at +-1e27
+    with torch.no_grad():  # make the next forward pass overflow for certain
+        for p in stage.raw_g.parameters():
+            p.fill_(float("inf"))
+    frozen = [p.detach().clone() for p in stage.raw_g.parameters()]
+    ema_before = [p.detach().clone() for p in stage.ema.net.parameters()]
+    for expected_streak in (1, 2):
+        out = train_step(stage, batches, 1)
+        assert not math.isfinite(out["l_g_charbonnierloss"])
+        assert stage.nonfinite_streak == expected_streak
+        check_finite(stage, patience=3)
+    for a, b in zip(frozen, stage.raw_g.parameters()):  # skipped: the optimizer never stepped on NaN gradients
+        assert torch.equal(a, b)
+    for a, b in zip(ema_before, stage.ema.net.parameters()):
+        assert torch.equal(a, b)
+    train_step(stage, batches, 1)
+    with pytest.raises(NonFiniteLossError, match="3 consecutive non-finite .* Lower train.optim_g.lr"):
+        check_finite(stage, patience=3)

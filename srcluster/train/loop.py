@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import tempfile
 import time
@@ -266,6 +267,8 @@ def train_worker(config: dict[str, Any]) -> None:
     from srcluster.track import Tracker
 
     job = Job.model_validate(config["job"])
+    # Ray Train logs every report at INFO ("Reporting training result ..."); keep the console for progress lines.
+    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()

@@ -6,9 +6,12 @@ checked before a single Ray worker starts, so a typo costs seconds, not a cluste
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +33,7 @@ class StageResult:
     checkpoint_uri: str
     generator_uri: str  # the exported EMA generator (safetensors) inside the final checkpoint
     run_url: str
+    reused: bool = False  # True when an earlier, finished run of the same config was returned
 
 
 def default_storage(settings: StorageSettings) -> str:
@@ -62,8 +66,28 @@ def ensure_ray(env: dict[str, str]) -> None:
              configure_logging=False)
 
 
+def run_key(job: Job) -> str:
+    """Same training config -> same key: the Ray run name, and the MLflow tag by which a rerun finds its earlier try.
+
+    The `srcluster:` section is left out, so a rerun with another worker count still resumes the same run.
+    """
+    data = job.model_dump(mode="json")
+    data.pop("srcluster")
+    return f"{job.name}-{hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]}"
+
+
+def finished_result(job: Job, tracker: Tracker, run) -> StageResult:
+    from srcluster.train.loop import GENERATOR_FILE
+
+    checkpoint_uri = run.data.tags["srcluster.checkpoint_uri"]
+    return StageResult(job.name, run.info.run_id, job.train.total_iter, dict(run.data.metrics), checkpoint_uri,
+                       f"{checkpoint_uri}/{GENERATOR_FILE}", tracker.run_url(run.info.run_id), reused=True)
+
+
 def run_stage(job: Job, *, run_name: str | None = None, parent_run_id: str | None = None,
-              tags: dict[str, str] | None = None) -> StageResult:
+              tags: dict[str, str] | None = None, fresh: bool = False, log=print) -> StageResult:
+    """Train one stage. A rerun of the same config resumes its unfinished run from the latest checkpoint, or returns
+    the finished one without training again (`fresh=True` starts over instead)."""
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -75,10 +99,21 @@ def run_stage(job: Job, *, run_name: str | None = None, parent_run_id: str | Non
     tracker = Tracker(job.srcluster.mlflow.tracking_uri)
     preflight(job, settings, storage, tracker)
 
-    run_id = tracker.start_run(job.srcluster.mlflow.experiment or job.name, run_name or job.name,
-                               params=job_params(job), parent_run_id=parent_run_id or job.srcluster.mlflow.parent_run_id,
-                               tags={"srcluster.stage": job.name, **(tags or {})})
-    tracker.log_params(run_id, {"effective_batch": job.effective_batch})
+    experiment = job.srcluster.mlflow.experiment or job.name
+    key = run_key(job) + (f"-{int(time.time())}" if fresh else "")
+    previous = tracker.find_run(experiment, {"srcluster.run_key": key})
+    if previous is not None and previous.info.status == "FINISHED" and "srcluster.checkpoint_uri" in previous.data.tags:
+        log(f"{job.name}: already trained in MLflow run {previous.info.run_id}; reusing it (--fresh to train again)")
+        return finished_result(job, tracker, previous)
+    if previous is not None:
+        run_id = previous.info.run_id
+        tracker.reopen(run_id)
+        log(f"{job.name}: resuming MLflow run {run_id} from its latest checkpoint")
+    else:
+        run_id = tracker.start_run(experiment, run_name or job.name,
+                                   params={**job_params(job), "effective_batch": job.effective_batch},
+                                   parent_run_id=parent_run_id or job.srcluster.mlflow.parent_run_id,
+                                   tags={"srcluster.stage": job.name, "srcluster.run_key": key, **(tags or {})})
     # RAY_TRAIN_ENABLE_PRINT_PATCH=0: rank 0's progress lines reach the console once, not once as print and once as log.
     env = {**settings.public_env(), "MLFLOW_TRACKING_URI": tracker.uri, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
     storage_path, storage_fs = settings.ray_storage(storage)
@@ -90,7 +125,7 @@ def run_stage(job: Job, *, run_name: str | None = None, parent_run_id: str | Non
         train_loop_config={"job": job.model_dump(mode="json"), "run_id": run_id, "tracking_uri": tracker.uri},
         scaling_config=scaling,
         run_config=RunConfig(
-            name=f"{job.name}-{run_id[:8]}", storage_path=storage_path, storage_filesystem=storage_fs,
+            name=key, storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=job.srcluster.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=3),
             worker_runtime_env={"env_vars": env},
@@ -129,13 +164,12 @@ KNOWN_WORKER_ERRORS = ("NonFiniteLossError", "OutOfMemoryError", "SrclusterError
 
 def known_failure(exc: BaseException) -> str | None:
     """The one-line cause of a failed run when a worker raised one of our own, explained errors."""
-    failures = getattr(exc, "worker_failures", None) or {}
-    for failure in failures.values():
-        text = str(failure)
-        for name in KNOWN_WORKER_ERRORS:
-            if name in text:
-                message = text[text.rindex(name) + len(name):].lstrip(": ").strip()
-                return message.splitlines()[0] if name == "SrclusterError" else " ".join(message.split())
+    texts = [str(exc), *(str(f) for f in (getattr(exc, "worker_failures", None) or {}).values())]
+    for text in texts:
+        for line in text.splitlines():
+            for name in KNOWN_WORKER_ERRORS:
+                if f"{name}: " in line:
+                    return line.split(f"{name}: ", 1)[1].strip()
     return None
 
 
