@@ -25,4 +25,4 @@ stack-status:
 
 # every benchmark under bench/, one JSON line each
 bench:
-    for f in bench/*.py; do echo "== $f" >&2; python "$f"; done
+    for f in bench/*.py; do grep -q '__main__' "$f" || continue; echo "== $f" >&2; python "$f"; done

@@ -119,11 +119,23 @@ class TrainOptions(Strict):
     losses: list[Loss]
 
 
-class Metric(Strict):
-    type: Literal["calculate_psnr", "calculate_ssim"]
+class Metric(Open):
+    """A validation metric by traiNNer-redux's type (`calculate_psnr`, ...); extra keys are the metric's options."""
+
+    type: str
     crop_border: Annotated[int, Field(ge=0)] | None = None  # default: the job's scale
-    test_y_channel: bool = False
-    better: Literal["higher", "lower"] = "higher"
+    test_y_channel: bool = False  # psnr and ssim only; the perceptual metrics score RGB
+
+    @field_validator("type")
+    @classmethod
+    def known(cls, value: str) -> str:
+        from srcluster.train.perceptual import METRICS
+
+        METRICS.check(value.lower().removeprefix("calculate_"), "type")
+        return value.lower()
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
 
 
 class ValOptions(Strict):
@@ -185,11 +197,13 @@ class Job(Strict):
     def components_exist(self) -> Job:
         from srcluster.train import archs, losses
 
-        archs.GENERATORS.check(self.network_g.type, "network_g.type")
+        archs.check_generator_options(self.network_g.type, self.scale, self.network_g.options())
         if self.network_d is not None:
             archs.DISCRIMINATORS.check(self.network_d.type, "network_d.type")
+            archs.DISCRIMINATORS.check_options(self.network_d.type, self.network_d.options(), "network_d")
         for i, loss in enumerate(self.train.losses):
             losses.LOSSES.check(loss.type, f"train.losses[{i}].type")
+            losses.LOSSES.check_options(loss.type, loss.options(), f"train.losses[{i}]")
         if self.uses_gan and self.network_d is None:
             raise ValueError("train.losses has a ganloss with weight > 0 but no network_d is configured")
         return self

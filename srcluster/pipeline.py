@@ -8,8 +8,9 @@ top (deep merge; lists are replaced), so every rule can be overridden per stage.
     fidelity_4x  scale 4, pretrain = fidelity_2x's EMA generator with strict_load_g: false (all but the upsampler
                  carries over), lr 1e-4, total_iter and milestones halved
     gan_4x       scale 4, pretrain = fidelity_4x's generator with strict_load_g: true, lr 1e-4 for G and D,
-                 a U-Net discriminator, Charbonnier + GAN loss (losses that need downloaded weights, such as
-                 perceptualloss, are added in the recipe where the weights are available)
+                 a U-Net discriminator, MS-SSIM + perceptual + HSLuv + GAN losses with traiNNer-redux's template
+                 weights (the perceptual loss reads VGG19 weights from local disk; a recipe without them overrides
+                 `train.losses` for this stage, as the demo does)
 """
 
 from __future__ import annotations
@@ -22,6 +23,14 @@ from typing import Any
 from srcluster.config import ConfigError, Job, parse_job, read_yaml
 
 STAGES = ("fidelity_2x", "fidelity_4x", "gan_4x")
+
+# traiNNer-redux's GAN templates: MS-SSIM + perceptual (VGG19) + HSLuv + GAN, with their weights
+GAN_LOSSES = [
+    {"type": "mssimloss", "loss_weight": 0.5},
+    {"type": "perceptualloss", "criterion": "charbonnier", "loss_weight": 0.01},
+    {"type": "hsluvloss", "criterion": "charbonnier", "loss_weight": 1.0},
+    {"type": "ganloss", "gan_type": "vanilla", "loss_weight": 0.1},
+]
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -60,8 +69,7 @@ def derive(shared: dict, stage: str) -> dict:
         job.pop("network_d", None)
     elif stage == "gan_4x":
         job["scale"] = 4
-        train["losses"] = [{"type": "charbonnierloss", "loss_weight": 1.0},
-                           {"type": "ganloss", "gan_type": "vanilla", "loss_weight": 0.1}]
+        train["losses"] = copy.deepcopy(GAN_LOSSES)
         optim_g.update(lr=1e-4)
         train["optim_d"] = {**optim_g, "lr": 1e-4}
         train["total_iter"] = max(1, int(train.get("total_iter", 2)) // 2)

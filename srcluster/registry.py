@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -31,6 +32,19 @@ class Registry(Generic[T]):
         close = difflib.get_close_matches(name.lower(), self._builders, n=3)
         hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else f"known: {', '.join(self.names())}"
         raise ValueError(f"{key}: unknown {self.kind} {name!r} ({hint})")
+
+    def check_options(self, name: str, options: dict, key: str) -> None:
+        """Raise ValueError naming `key` when the builder takes none of some option (typos in a job file)."""
+        builder = self._builders[name.lower()]
+        params = inspect.signature(builder).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return
+        accepted = [p for p in params if p not in ("self", "args", "kwargs")]
+        for option in options:
+            if option not in accepted:
+                close = difflib.get_close_matches(option, accepted, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"accepted: {', '.join(accepted) or 'none'}"
+                raise ValueError(f"{key}: {name} has no option {option!r} ({hint})")
 
     def build(self, name: str, **options) -> T:
         self.check(name, self.kind)

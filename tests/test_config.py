@@ -1,6 +1,7 @@
 """The job file: what users type, and the one-line errors they get when they mistype it."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -88,3 +89,39 @@ def test_check_command_prints_resolved_job_and_errors(tmp_path, capsys):
 def test_flatten_masks_url_passwords():
     flat = flatten({"srcluster": {"mlflow": {"tracking_uri": "https://bob:hunter2@mlflow.example"}}, "l": [{"a": 1}]})
     assert flat == {"srcluster.mlflow.tracking_uri": "https://bob:***@mlflow.example", "l.0.a": 1}
+
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "shared" / "data" / "trainner-redux-templates"
+
+
+@pytest.mark.skipif(not TEMPLATES.is_dir(), reason=f"traiNNer-redux templates not found at {TEMPLATES}")
+@pytest.mark.parametrize("template", sorted(p.name for p in TEMPLATES.glob("*.yml")) if TEMPLATES.is_dir() else [])
+def test_every_trainner_redux_template_loads_with_its_ignored_keys_named(template):
+    data = yaml.safe_load((TEMPLATES / template).read_text())
+    for dataset in data["datasets"].values():  # their dataroots are placeholders for local folders
+        dataset["dataroot_gt"] = "s3://bucket/hr"
+        if "dataroot_lq" in dataset:
+            dataset["dataroot_lq"] = "s3://bucket/lr"
+    job = parse_job(data, template)
+    assert job.network_g.type == data["network_g"]["type"]
+    from srcluster.train.losses import LOSSES
+
+    kept = [l["type"] for l in data["train"]["losses"] if l["loss_weight"] > 0 or l["type"] in LOSSES.names()]
+    assert [l.type for l in job.train.losses] == kept  # unimplemented losses at weight 0 are dropped, with a warning
+    for warning in job.warnings:  # each one says which key and why
+        assert warning.startswith(f"{template}: ") and ("ignored (" in warning or "not implemented" in warning)
+    assert any("num_gpu: ignored" in w for w in job.warnings)
+    if "gan" in template:
+        assert any("ldlloss (weight 0) ignored" in w for w in job.warnings)
+
+
+def test_unimplemented_trainner_loss_with_weight_is_an_error():
+    with pytest.raises(ConfigError, match=r"train.losses\[1\].type: traiNNer-redux's 'ldlloss' is not implemented"):
+        parse_job(with_("train.losses", [{"type": "charbonnierloss"}, {"type": "ldlloss", "loss_weight": 1.0}]))
+
+
+def test_component_options_are_checked():
+    with pytest.raises(ConfigError, match=r"train.losses\[0\]: hsluvloss has no option 'critrion' \(did you mean 'criterion'"):
+        parse_job(with_("train.losses", [{"type": "hsluvloss", "critrion": "l1"}]))
+    with pytest.raises(ConfigError, match="compact"):
+        parse_job(with_("network_g", {"type": "compact", "num_feet": 8}))

@@ -20,6 +20,8 @@ def test_stage_rules():
     s1, s2, s3 = (recipe.job(s, pretrain="s3://b/g.safetensors") for s in recipe.stages)
     assert (s1.scale, s2.scale, s3.scale) == (2, 4, 4)
     assert [l.type for l in s1.train.losses] == ["charbonnierloss"] == [l.type for l in s2.train.losses]
+    assert [(l.type, l.loss_weight) for l in s3.train.losses] == [
+        ("mssimloss", 0.5), ("perceptualloss", 0.01), ("hsluvloss", 1.0), ("ganloss", 0.1)]
     assert (s1.train.optim_g.lr, s2.train.optim_g.lr, s3.train.optim_g.lr, s3.train.optim_d.lr) == (2e-4, 1e-4, 1e-4, 1e-4)
     assert s1.train.optim_g.weight_decay == 0.01  # shared options survive the rules
     assert (s1.train.total_iter, s2.train.total_iter) == (1000, 500)
@@ -53,3 +55,14 @@ def test_demo_recipe_is_valid_and_small():
     jobs = [recipe.job(s, "x") for s in recipe.stages]
     assert all(j.srcluster.workers == 2 for j in jobs)
     assert not any(l.type == "perceptualloss" for j in jobs for l in j.train.losses)  # needs no downloaded weights
+
+
+def test_gan_stage_without_vgg19_weights_fails_before_training(tmp_path, monkeypatch):
+    from srcluster.errors import SrclusterError
+    from srcluster.train.stage import check_weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache
+    recipe = parse_recipe(SHARED, "r.yml")
+    check_weights(recipe.job("fidelity_4x", "x"))  # no pretrained weights needed
+    with pytest.raises(SrclusterError, match=r"vgg19-dcbb9e9d\.pth"):
+        check_weights(recipe.job("gan_4x", "x"))

@@ -1,4 +1,5 @@
-"""The training stream: exact step counts, rank/worker splits, determinism, skipping bad input, folders and S3."""
+"""The training stream: exact step counts, rank/worker splits, determinism, skipping and counting bad input, paired
+LR/HR crops, folders and S3, validation splits."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import skimage.data
 import torch
 from PIL import Image
 
+from srcluster.data.build import TileSettings, build_shards
 from srcluster.data.sample import encode_png, tiles
 from srcluster.data.shards import Sample, write_shards
-from srcluster.data.stream import iter_images, split_units, train_loader
+from srcluster.data.stream import REASONS, iter_images, iter_pairs, split_units, train_loader
 from srcluster.errors import SrclusterError
+from test_shards_build import make_paired_folders, pool
 
 PER_SHARD = 6
 
@@ -85,10 +88,10 @@ def test_same_seed_same_batches_other_rank_other_batches(shard_set):
 def test_augmentation_switches(shard_set):
     """With flips and rotations off, every crop is a window of an original tile, in its original orientation."""
     dest, _ = shard_set
-    originals = {s.key: np.asarray(Image.open(io.BytesIO(s.hr_png))) for s in photo_tiles()}
+    originals = {s.key: np.asarray(Image.open(io.BytesIO(s.hr))) for s in photo_tiles()}
     stream = train_loader(dest, crop=48, batch_size=8, steps=3, use_hflip=False, use_rot=False, with_keys=True)
     for batch, keys in stream:
-        for crop, key in zip(batch, keys):
+        for crop, key in zip(batch, keys, strict=True):
             assert np.array_equal(crop.permute(1, 2, 0).numpy(), originals[key])
 
 
@@ -108,7 +111,7 @@ def test_fewer_shards_than_slots_resamples_everything(tmp_path, caplog):
 
 def test_corrupt_png_is_skipped(tmp_path):
     good = photo_tiles()[:10]
-    broken = Sample("broken", good[0].hr_png[: len(good[0].hr_png) // 2], {})  # a PNG cut off halfway
+    broken = Sample("broken", good[0].hr[: len(good[0].hr) // 2], {}, ext="webp")  # an image cut off halfway
     garbage = Sample("garbage", b"definitely not an image", {})
     dest = str(tmp_path / "bad")
     write_shards([*good[:5], broken, *good[5:], garbage], dest, max_samples=6, progress=False)
@@ -186,17 +189,78 @@ def s3_shards(s3) -> tuple[str, list[Sample]]:
     return dest, samples
 
 
-@pytest.mark.parametrize("context", ["forkserver", "spawn"])
-def test_s3_two_workers(s3_shards, context):
+def test_two_ranks_two_workers_read_disjoint_shards(s3_shards):
+    """Rank r of 2 owns shards r and r + 2; its worker w reads shard r + 2w. The DataLoader takes batch i from worker
+    i % 2, so every batch must come from exactly one shard, and the four (rank, worker) slots never share one."""
     dest, samples = s3_shards
-    args = dict(crop=32, batch_size=3, steps=6, num_workers=2, rank=1, world_size=2, with_keys=True, mp_context=context)
-    batches = list(train_loader(dest, **args))
-    assert len(batches) == 6 and {tuple(b.shape) for b, _ in batches} == {(3, 3, 32, 32)}
-    keys = keys_of(batches)
     by_shard = [{s.key for s in samples[i:i + PER_SHARD]} for i in range(0, len(samples), PER_SHARD)]
-    assert set(keys) <= by_shard[1] | by_shard[3]  # rank 1 of 2 owns shards 1 and 3
-    # The DataLoader alternates between its two workers, and each worker owns one of those shards.
-    assert set(keys) & by_shard[1] and set(keys) & by_shard[3]
-    if context == "forkserver":  # cheap to repeat: the forkserver is already up
-        again = list(train_loader(dest, **args))
-        assert all(torch.equal(a, b) and ka == kb for (a, ka), (b, kb) in zip(batches, again))
+    slots: dict[tuple[int, int], set[str]] = {}
+    for rank in range(2):
+        stream = train_loader(dest, crop=32, batch_size=3, steps=8, num_workers=2, rank=rank, world_size=2,
+                              with_keys=True)
+        batches = list(stream)
+        assert len(batches) == 8 and {tuple(b.shape) for b, _ in batches} == {(3, 3, 32, 32)}
+        for index, (_, keys) in enumerate(batches):
+            worker = index % 2
+            assert set(keys) <= by_shard[rank + 2 * worker], (rank, index)
+            slots.setdefault((rank, worker), set()).update(keys)
+        assert stream.counts()["data_skipped"] == 0
+    assert len(slots) == 4
+    assert all(not a & b for a in slots.values() for b in slots.values() if a is not b)
+
+
+def test_skip_counts_come_back_from_workers(tmp_path):
+    good = photo_tiles()[:8]
+    broken = [Sample(f"broken{i}", good[i].hr[:300], {}, ext="webp") for i in range(2)]
+    small = [Sample(f"small{i}", encode_png(skimage.data.astronaut()[:8, :8]), {}) for i in range(2)]
+    dest = str(tmp_path / "counted")
+    # 4 shards: each of the 2 workers owns 2, and each worker's shards hold one corrupt and one too-small sample.
+    write_shards([*good[:2], broken[0], *good[2:4], broken[1], *good[4:6], small[0], *good[6:], small[1]],
+                 dest, max_samples=3, progress=False)
+    stream = train_loader(dest, crop=32, batch_size=4, steps=4, num_workers=2)
+    assert len(list(stream)) == 4  # 16 crops from 8 good tiles: each worker passes over its share twice
+    counts = stream.counts()
+    assert counts["data_skipped_corrupt"] >= 2 and counts["data_skipped_too_small"] >= 2
+    assert counts["data_skipped"] == sum(counts[f"data_skipped_{r}"] for r in REASONS)
+    assert set(counts) == {"data_skipped", "data_io_retries", *(f"data_skipped_{r}" for r in REASONS)}
+    assert stream.skipped["corrupt"] == counts["data_skipped_corrupt"]
+
+
+def test_paired_crops_from_shards_and_folders(tmp_path):
+    hr, lr = make_paired_folders(tmp_path)
+    dest = str(tmp_path / "paired")
+    build_shards(str(hr), dest, lq=str(lr), settings=TileSettings(tile=32, scale=4), max_bad_fraction=1,
+                 workers=0, progress=False)
+    for gt, lq in ((dest, dest), (str(hr), str(lr))):
+        stream = train_loader(gt, lq=lq, scale=4, crop=16, batch_size=4, steps=4)
+        for high, low in stream:
+            assert high.shape == (4, 3, 16, 16) and low.shape == (4, 3, 4, 4) and low.dtype == torch.uint8
+            for one_hr, one_lr in zip(high, low, strict=True):  # augmented together: still the LR of its HR
+                assert np.array_equal(pool(one_hr.permute(1, 2, 0).numpy(), 4), one_lr.permute(1, 2, 0).numpy())
+    # Folders: c (no partner) and e (two partners) are left out at listing; d's LR has the wrong size.
+    assert stream.skipped["unpaired"] == 2 and stream.skipped["size_mismatch"] >= 1
+
+    with pytest.raises(SrclusterError, match="set dataroot_lq to the same URL"):
+        train_loader(dest, lq=str(lr), scale=4, crop=16, batch_size=2, steps=1)
+    with pytest.raises(SrclusterError, match="at scale 4, but the job's scale is 2"):
+        train_loader(dest, lq=dest, scale=2, crop=16, batch_size=2, steps=1)
+    unpaired = str(tmp_path / "hr-only")
+    write_shards(photo_tiles()[:2], unpaired, progress=False)
+    with pytest.raises(SrclusterError, match="holds no LR images"):
+        train_loader(unpaired, lq=unpaired, scale=4, crop=16, batch_size=2, steps=1)
+    with pytest.raises(ValueError, match="divides the HR crop"):
+        train_loader(dest, lq=dest, scale=4, crop=18, batch_size=2, steps=1)
+
+    pairs = list(iter_pairs(str(hr), str(lr), scale=4))
+    assert [(name, tuple(a.shape), tuple(b.shape)) for name, a, b in pairs] == [
+        ("a", (3, 64, 96), (3, 16, 24)), ("sub/b", (3, 128, 64), (3, 32, 16))]  # d: size mismatch, skipped
+    from_shards = list(iter_pairs(dest, dest, scale=4))
+    assert len(from_shards) == 14 and all(tuple(low.shape) == (3, 8, 8) for _, _, low in from_shards)
+
+
+def test_validation_split_over_ranks(shard_set, tmp_path):
+    dest, shard_keys = shard_set
+    everything = [name for name, _ in iter_images(dest)]
+    parts = [[name for name, _ in iter_images(dest, rank=r, world_size=3)] for r in range(3)]
+    assert sorted(n for part in parts for n in part) == sorted(everything)
+    assert all(part == everything[r::3] for r, part in enumerate(parts))

@@ -12,13 +12,13 @@ Validation: the held-out photos, centre-cropped to `val_size`, as `<name>.png` f
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Iterator
 
 import numpy as np
-from PIL import Image
 
+from srcluster.data.build import TileSettings, tile_samples
+from srcluster.data.images import encode
 from srcluster.data.shards import MANIFEST, Sample, is_local, join_url, read_manifest, write_shards
 from srcluster.errors import StorageError
 from srcluster.storage import StorageSettings, is_s3
@@ -41,7 +41,7 @@ PHOTOS: dict[str, str] = {
     "text": "text",                # 172x448 gray, a photographed sign
 }
 DEFAULT_VAL = ("chelsea", "coffee")  # two colour photos with fine detail, held out of training
-GENERATOR = "srcluster.data.sample/1"  # bump when the tiling changes, so an older dataset is rebuilt
+GENERATOR = "srcluster.data.sample/2"  # bump when the tiles change, so an older dataset is rebuilt (/2: WebP)
 SHARD_SAMPLES = 32  # ~4-5 shards: two ranks with two workers each still get a disjoint share
 
 
@@ -62,19 +62,14 @@ def sample_photos() -> list[tuple[str, np.ndarray]]:
 
 
 def encode_png(image: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(image).save(out, format="PNG")
-    return out.getvalue()
+    return encode(image, "png")
 
 
 def tiles(name: str, image: np.ndarray, tile: int, stride: int) -> Iterator[Sample]:
-    """Every full `tile` x `tile` window at multiples of `stride`; a border narrower than a tile is dropped."""
-    height, width = image.shape[:2]
-    for y in range(0, height - tile + 1, stride):
-        for x in range(0, width - tile + 1, stride):
-            meta = {"source": f"skimage.data.{PHOTOS[name]}", "photo": name, "x": x, "y": y, "size": tile,
-                    "photo_size": [height, width]}
-            yield Sample(f"{name}_y{y:04d}_x{x:04d}", encode_png(image[y:y + tile, x:x + tile]), meta)
+    """Every full `tile` x `tile` window at multiples of `stride`, as the shard builder cuts them (lossless WebP);
+    a border narrower than a tile is dropped."""
+    settings = TileSettings(tile=tile, stride=stride, min_size=tile)
+    yield from tile_samples(name, image, None, settings, {"source": f"skimage.data.{PHOTOS[name]}", "photo": name})
 
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:

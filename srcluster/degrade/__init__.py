@@ -1,4 +1,9 @@
-"""Degradations that turn HR crops into LR inputs; ``resize`` holds the MATLAB-compatible resampler."""
+"""Degradations that turn HR crops into LR inputs.
+
+``resize`` holds the MATLAB-compatible resampler (the fidelity stages' bicubic LR). The on-the-fly pipeline
+(traiNNer-redux's Real-ESRGAN options plus video codecs) is ``config.Degradations`` -> ``pipeline.draw`` (per-sample
+parameters, cheap, in the data workers) -> ``pipeline.apply`` (batched, on any device); ``preview`` draws a grid.
+"""
 
 from srcluster.degrade.resize import KERNELS, bicubic_downscale, imresize
 

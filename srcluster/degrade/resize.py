@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["KERNELS", "ResizeKernel", "bicubic_downscale", "imresize"]
+__all__ = ["KERNELS", "ResizeKernel", "bicubic_downscale", "contributions", "imresize"]
 
 KernelFn = Callable[[np.ndarray], np.ndarray]
 
@@ -238,3 +238,16 @@ def bicubic_downscale(x_uint8: torch.Tensor, scale: int) -> torch.Tensor:
     if int(scale) != scale or scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale}")
     return imresize(x_uint8, 1 / scale, kernel="bicubic")
+
+
+@lru_cache(maxsize=1024)
+def contributions(
+    in_len: int, out_len: int, kernel: str = "bicubic", antialias: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """MATLAB's weights and 0-based input indices, both (out_len, P), for resizing one dimension from in_len to
+    out_len (factor out_len / in_len, as ``imresize(..., size=...)`` uses). For resamplers that need per-sample
+    tables, such as the degradation pipeline's; read-only (cached)."""
+    weights, indices = _contributions(in_len, out_len, out_len / in_len, _get_kernel(kernel), antialias)
+    weights.setflags(write=False)
+    indices.setflags(write=False)
+    return weights, indices

@@ -23,7 +23,7 @@ from torch import nn
 from srcluster.config import Job
 from srcluster.degrade.resize import imresize
 from srcluster.train import archs, losses, weights
-from srcluster.train.validate import ValImage, prepare, validate
+from srcluster.train.validate import ValImage, build_metrics, prepare, validate
 
 STATE_FILE = "state.pt"
 GENERATOR_FILE = "net_g_ema.safetensors"
@@ -174,9 +174,13 @@ def train_step(stage: Stage, batches, accum: int) -> dict[str, float]:
     data_wait = 0.0
     for micro in range(accum):
         start = time.perf_counter()
-        hr = next(batches).to(device, non_blocking=True).float().div_(255)
+        item = next(batches)
         data_wait += time.perf_counter() - start
-        lr = make_lr(hr, job.scale)
+        if isinstance(item, tuple):  # a paired dataset: LR made offline, cropped in step with the HR
+            hr, lr = (t.to(device, non_blocking=True).float().div_(255) for t in item)
+        else:
+            hr = item.to(device, non_blocking=True).float().div_(255)
+            lr = make_lr(hr, job.scale)
         if job.use_channels_last:
             hr, lr = hr.contiguous(memory_format=torch.channels_last), lr.contiguous(memory_format=torch.channels_last)
         last = micro == accum - 1
@@ -267,8 +271,11 @@ def train_worker(config: dict[str, Any]) -> None:
     from srcluster.track import Tracker
 
     job = Job.model_validate(config["job"])
-    # Ray Train logs every report at INFO ("Reporting training result ..."); keep the console for progress lines.
-    logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
+    # Ray Train logs every report at INFO ("Reporting training result ...", through a logger named after its file);
+    # keep the console for progress lines.
+    from ray.train.v2._internal.execution import context as ray_train_context
+
+    ray_train_context.logger.setLevel(logging.WARNING)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -293,15 +300,18 @@ def train_worker(config: dict[str, Any]) -> None:
     val_images: list[ValImage] = []
     if rank == 0 and job.datasets.val is not None and job.val.val_enabled:
         val_images = prepare(iter_images(_first(job.datasets.val.dataroot_gt)), job.scale)
+        val_metrics = build_metrics(job.val.metrics if job.val.metrics_enabled else {}, job.scale)
 
     data = job.datasets.train
     total = job.train.total_iter
     remaining = total - stage.iteration
-    batches = iter(train_loader(
+    loader = train_loader(
         data.dataroot_gt, crop=data.lq_size * job.scale, batch_size=data.batch_size_per_gpu, rank=rank,
         world_size=world, num_workers=data.num_worker_per_gpu, seed=job.manual_seed or 0, epoch=stage.iteration,
         steps=max(remaining, 0) * data.accum_iter, use_hflip=data.use_hflip, use_rot=data.use_rot,
-    ))
+        lq=data.dataroot_lq, scale=job.scale,
+    )
+    batches = iter(loader)
     log(f"rank {rank}/{world} on {device}: {remaining} iterations left, effective batch "
         f"{data.batch_size_per_gpu} x {world} workers x {data.accum_iter} accum = {data.batch_size_per_gpu * world * data.accum_iter}")
 
@@ -331,6 +341,7 @@ def train_worker(config: dict[str, Any]) -> None:
             rate = window_steps / elapsed
             eta = (total - it) / max((it - start_iteration) / (time.perf_counter() - train_start), 1e-9)
             metrics.update(step)
+            metrics.update(loader.counts())  # skipped samples by reason and S3 retries: reported, not hidden
             metrics.update({"lr": stage.optim_g.param_groups[0]["lr"], "it_per_s": rate,
                             "samples_per_s": rate * data.batch_size_per_gpu * data.accum_iter * world,
                             "data_wait_fraction": window_wait / elapsed, "peak_memory_mb": peak_memory_mb(device)})
@@ -338,8 +349,8 @@ def train_worker(config: dict[str, Any]) -> None:
             if val_now:
                 with tempfile.TemporaryDirectory() as tmp:
                     grid = Path(tmp) / f"val_{it:07d}.png"
-                    metrics.update({f"val_{k}": v for k, v in validate(stage.eval_net, val_images, job.val.metrics,
-                                                                         job.scale, grid_path=grid).items()})
+                    metrics.update({f"val_{k}": v for k, v in validate(stage.eval_net, val_images, val_metrics, job.scale,
+                                                                         grid_path=grid).items()})
                     tracker.log_artifact(run_id, grid, "comparisons")
             losses_text = " ".join(f"{k} {v:.4g}" for k, v in step.items())
             val_text = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val_"))

@@ -44,7 +44,8 @@ def default_storage(settings: StorageSettings) -> str:
 
 def preflight(job: Job, settings: StorageSettings, storage: str, tracker: Tracker) -> None:
     """Fail before Ray starts: unreachable endpoints, wrong keys, missing buckets or datasets."""
-    urls = [job.datasets.train.dataroot_gt] + ([job.datasets.val.dataroot_gt] if job.datasets.val else [])
+    datasets = [job.datasets.train] + ([job.datasets.val] if job.datasets.val else [])
+    urls = [entry for d in datasets for entry in (d.dataroot_gt, d.dataroot_lq) if entry]
     for url in (u for entry in urls for u in ([entry] if isinstance(entry, str) else entry)):
         settings.check(url)
         fs, path = settings.filesystem(url)
@@ -53,6 +54,20 @@ def preflight(job: Job, settings: StorageSettings, storage: str, tracker: Tracke
                                  "`srcluster shards build`)")
     settings.check(storage, create_bucket=False)
     tracker.check()
+    check_weights(job)
+
+
+def check_weights(job: Job) -> None:
+    """Build the losses and metrics that read pretrained weights (VGG19, LPIPS, DISTS) once here, on the CPU, so a
+    missing weights file is reported before any worker starts."""
+    from srcluster.train.losses import build_loss
+    from srcluster.train.validate import build_metrics
+
+    for spec in job.train.losses:
+        if spec.loss_weight > 0 and spec.type in ("perceptualloss", "distsloss"):
+            build_loss(spec.type, **spec.options())
+    if job.datasets.val is not None and job.val.val_enabled and job.val.metrics_enabled:
+        build_metrics(job.val.metrics, job.scale)
 
 
 def ensure_ray(env: dict[str, str]) -> None:

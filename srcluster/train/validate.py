@@ -9,11 +9,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from srcluster import metrics as sr_metrics
 from srcluster.config import Metric
 from srcluster.degrade.resize import bicubic_downscale, imresize
-
-METRIC_FUNCTIONS = {"calculate_psnr": sr_metrics.psnr, "calculate_ssim": sr_metrics.ssim}
+from srcluster.train import perceptual
 
 
 @dataclass
@@ -49,16 +47,23 @@ def upscale(net: nn.Module, lr: torch.Tensor) -> torch.Tensor:
     return to_uint8(net(to_float(lr, device)[None]))[0].cpu()
 
 
-def score(sr: torch.Tensor, hr: torch.Tensor, metrics: dict[str, Metric], scale: int) -> dict[str, float]:
-    out = {}
-    for name, metric in metrics.items():
-        border = scale if metric.crop_border is None else metric.crop_border
-        fn = METRIC_FUNCTIONS[metric.type]
-        out[name] = float(fn(sr[None], hr[None], crop_border=border, test_y_channel=metric.test_y_channel)[0])
-    return out
+def build_metrics(specs: dict[str, Metric], scale: int) -> dict[str, perceptual.Metric]:
+    """The job's `val.metrics`, built once; a missing weights file fails here, not at the first validation."""
+    built = {}
+    for name, spec in specs.items():
+        kind = spec.type.removeprefix("calculate_")
+        options = {"crop_border": scale if spec.crop_border is None else spec.crop_border, **spec.options()}
+        if kind in perceptual.Y_CHANNEL_METRICS:
+            options["test_y_channel"] = spec.test_y_channel
+        built[name] = perceptual.build_metric(kind, **options)
+    return built
 
 
-def validate(net: nn.Module, images: list[ValImage], metrics: dict[str, Metric], scale: int,
+def score(sr: torch.Tensor, hr: torch.Tensor, metrics: dict[str, perceptual.Metric]) -> dict[str, float]:
+    return {name: float(metric(sr[None], hr[None])[0]) for name, metric in metrics.items()}
+
+
+def validate(net: nn.Module, images: list[ValImage], metrics: dict[str, perceptual.Metric], scale: int,
              grid_path: Path | None = None, grid_size: int = 96) -> dict[str, float]:
     """Mean of each metric over the images, for the model and (as `bicubic_<name>`) for plain bicubic upscaling."""
     was_training = net.training
@@ -68,9 +73,9 @@ def validate(net: nn.Module, images: list[ValImage], metrics: dict[str, Metric],
     for image in images:
         sr = upscale(net, image.lr)
         bicubic = to_uint8(imresize(image.lr.float()[None] / 255, scale, kernel="bicubic"))[0]
-        for name, value in score(sr, image.hr, metrics, scale).items():
+        for name, value in score(sr, image.hr, metrics).items():
             totals[name] = totals.get(name, 0.0) + value
-        for name, value in score(bicubic, image.hr, metrics, scale).items():
+        for name, value in score(bicubic, image.hr, metrics).items():
             totals[f"bicubic_{name}"] = totals.get(f"bicubic_{name}", 0.0) + value
         rows.append(torch.cat([centre_crop(t, grid_size) for t in (bicubic, sr, image.hr)], dim=2))
     net.train(was_training)
