@@ -57,7 +57,9 @@ class Datasets(Strict):
     val: ValDataset | None = None
 
 
-class Network(Open):
+class Component(Open):
+    """A registry entry by traiNNer-redux name (`type`); every other key is an option for its builder."""
+
     type: str
 
     @field_validator("type")
@@ -67,6 +69,10 @@ class Network(Open):
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+
+class Network(Component):
+    pass
 
 
 class Paths(Strict):
@@ -93,17 +99,8 @@ class Scheduler(Strict):
     eta_min: Annotated[float, Field(ge=0)] = 0.0
 
 
-class Loss(Open):
-    type: str
+class Loss(Component):
     loss_weight: Annotated[float, Field(ge=0)] = 1.0
-
-    @field_validator("type")
-    @classmethod
-    def lower(cls, value: str) -> str:
-        return value.lower()
-
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
 
 
 class TrainOptions(Strict):
@@ -119,10 +116,9 @@ class TrainOptions(Strict):
     losses: list[Loss]
 
 
-class Metric(Open):
+class Metric(Component):
     """A validation metric by traiNNer-redux's type (`calculate_psnr`, ...); extra keys are the metric's options."""
 
-    type: str
     crop_border: Annotated[int, Field(ge=0)] | None = None  # default: the job's scale
     test_y_channel: bool = False  # psnr and ssim only; the perceptual metrics score RGB
 
@@ -133,9 +129,6 @@ class Metric(Open):
 
         METRICS.check(value.lower().removeprefix("calculate_"), "type")
         return value.lower()
-
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
 
 
 class ValOptions(Strict):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fake_weights import fake_torch_home
 from srcluster.errors import SrclusterError
 from srcluster.evaluate import evaluate, format_table, tiled_upscale
 from srcluster.train import archs, perceptual, weights
@@ -18,23 +19,10 @@ from srcluster.train import archs, perceptual, weights
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def random_features(arch):
-    """torchvision-layout `features.*` tensors with He-scaled random values."""
-    with torch.device("meta"):  # shapes only
-        net = perceptual.alexnet_features() if arch == "alexnet" else perceptual.vgg_features(arch)
-    g = torch.Generator().manual_seed(2)
-    return {f"features.{k}": (torch.randn(v.shape, generator=g) * math.sqrt(2 / v[0].numel()) if k.endswith("weight")
-                              else 0.01 * torch.randn(v.shape, generator=g)) for k, v in net.state_dict().items()}
-
-
 @pytest.fixture(scope="module")
 def torch_home(tmp_path_factory):
     """A TORCH_HOME whose hub cache holds random AlexNet/VGG16 weights under torchvision's file names."""
-    home = tmp_path_factory.mktemp("torch-home")
-    (home / "hub" / "checkpoints").mkdir(parents=True)
-    for arch in ("alexnet", "vgg16"):
-        torch.save(random_features(arch), home / "hub" / "checkpoints" / perceptual.HUB_FILES[arch])
-    return home
+    return fake_torch_home(tmp_path_factory.mktemp("torch-home"), ("alexnet", "vgg16"), seed=2, bias_std=0.01)
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
 """Losses by traiNNer-redux name: MS-SSIM, HSLuv, VGG perceptual (with test-made VGG19 weights), DISTS."""
 
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from fake_weights import fake_torch_home
 from srcluster.errors import SrclusterError
 from srcluster.train import losses, perceptual
 
@@ -18,23 +18,10 @@ def smooth_images(batch=2, channels=3, size=64, noise=0.05, seed=0):
     return (hr + noise * torch.randn(hr.shape, generator=g)).clamp(0, 1), hr
 
 
-def random_features(arch):
-    """torchvision-layout `features.*` tensors with He-scaled random values: activations stay O(1) through the net."""
-    with torch.device("meta"):  # shapes only
-        net = perceptual.alexnet_features() if arch == "alexnet" else perceptual.vgg_features(arch)
-    g = torch.Generator().manual_seed(1)
-    return {f"features.{k}": (torch.randn(v.shape, generator=g) * math.sqrt(2 / v[0].numel()) if k.endswith("weight")
-                              else torch.zeros(v.shape)) for k, v in net.state_dict().items()}
-
-
 @pytest.fixture(scope="module")
 def torch_home(tmp_path_factory):
     """A TORCH_HOME whose hub cache holds random VGG19/VGG16 weights under torchvision's file names."""
-    home = tmp_path_factory.mktemp("torch-home")
-    (home / "hub" / "checkpoints").mkdir(parents=True)
-    for arch in ("vgg19", "vgg16"):
-        torch.save(random_features(arch), home / "hub" / "checkpoints" / perceptual.HUB_FILES[arch])
-    return home
+    return fake_torch_home(tmp_path_factory.mktemp("torch-home"), ("vgg19", "vgg16"), seed=1)
 
 
 @pytest.fixture
