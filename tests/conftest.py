@@ -93,6 +93,21 @@ def stack(_stack_session) -> LocalStack:
     return found
 
 
+# --- CPU threads ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module of CPU-bound tensor tests: on a busy 2-core machine thread contention made
+    single calls up to 20x slower. Use as `pytestmark = pytest.mark.usefixtures("single_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # --- Ray ------------------------------------------------------------------------------------------------------------------
 
 

@@ -13,12 +13,7 @@ from srcluster.degrade.poisson import poisson_from_uniform
 from srcluster.degrade.video import CODECS, encode_clip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,7 @@ from srcluster.degrade import kernels as K
 from srcluster.degrade.filters import blur, gaussian_kernel1d, thicklines, usm_sharpen
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _build(rows: list[tuple], full: int = 21) -> torch.Tensor:

@@ -37,12 +37,7 @@ QUIET = {"high_order_degradation": True, "resize_prob": [0, 0, 1], "resize_prob2
          "jpeg_prob2": 0, "resize_mode_list3": ["bicubic"], "resize_mode_prob3": [1]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,14 +24,7 @@ def _load(path: Path) -> torch.Tensor:
     return a.unsqueeze(0) if a.dim() == 2 else a.permute(2, 0, 1).contiguous()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """These images are small; on a busy machine torch's intra-op threads mostly wait for each other (we saw
-    single calls slow down 20x), so run this module on one thread and restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
