@@ -142,8 +142,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         import yaml
 
         console.print(yaml.safe_dump(resolved, sort_keys=False), end="", markup=False, highlight=False)
+        cluster = job.srcluster
         console.print(f"effective batch: {job.datasets.train.batch_size_per_gpu} per worker x "
-                      f"{job.srcluster.workers} workers x {job.datasets.train.accum_iter} accum = {job.effective_batch}")
+                      f"{cluster.max_workers} workers x {job.datasets.train.accum_iter} accum = {job.effective_batch}")
+        if cluster.min_workers < cluster.max_workers:
+            plans = ", ".join(f"{w} workers: batch {b} x accum {a}"
+                              for w in range(cluster.min_workers, cluster.max_workers) for b, a in [job.batch_plan(w)])
+            console.print(f"elastic: held at {job.effective_batch} with {plans}")
         for warning in job.warnings:
             console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
         console.print(f"[green]{args.job}: OK[/]" + (f" ({len(job.warnings)} warnings)" if job.warnings else ""))
@@ -166,11 +171,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    from srcluster.pipeline import load_recipe, run_recipe
+    from srcluster.pipeline import format_plan, load_recipe, plan, run_recipe
 
     recipe = load_recipe(args.recipe)
+    if args.plan:
+        stages = plan(recipe)
+        print(json.dumps(stages, indent=2) if args.json else format_plan(stages))
+        return 0
     for summary in run_recipe(recipe, fresh=args.fresh):
-        console.print(f"{summary.stage}: {summary.iterations} it, PSNR {summary.psnr}, {summary.checkpoint_uri}")
+        psnr = f"{summary.psnr:.2f} dB" if summary.psnr is not None else "-"
+        console.print(f"{summary.stage}: {summary.iterations} it, val PSNR {psnr}, {summary.model_uri} "
+                      f"({summary.checkpoint_uri})", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -200,6 +211,14 @@ def cmd_degrade_preview(args: argparse.Namespace) -> int:
                   size=args.size)
     console.print(f"wrote {out}")
     return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from srcluster.track import sync_spool
+
+    sent, waiting = sync_spool(args.tracking_uri)
+    console.print(f"delivered {sent} spooled tracking call(s)" + (f"; {waiting} still waiting (server down?)" if waiting else ""))
+    return 1 if waiting else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -270,6 +289,9 @@ def parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("pipeline", help="run a three-stage recipe (2x fidelity -> 4x fidelity -> 4x GAN)")
     pl.add_argument("recipe")
     pl.add_argument("--fresh", action="store_true", help="train every stage again (default: skip finished, resume)")
+    pl.add_argument("--plan", action="store_true", help="print each stage's derived config (diff against the previous "
+                                                        "stage) without running anything")
+    pl.add_argument("--json", action="store_true", help="with --plan: one JSON list of the stages' full job configs")
     pl.set_defaults(fn=cmd_pipeline)
 
     ev = sub.add_parser("evaluate", help="PSNR/SSIM (and LPIPS/DISTS/TOPIQ) of a model, or of bicubic, on HR images")
@@ -294,8 +316,18 @@ def parser() -> argparse.ArgumentParser:
     dp.add_argument("--size", type=int, default=None, help="centre crop of the image in px (default: up to 512)")
     dp.set_defaults(fn=cmd_degrade_preview)
 
+    sy = sub.add_parser("sync", help="deliver tracking calls spooled while the MLflow server was down")
+    sy.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or the local stack's server")
+    sy.set_defaults(fn=cmd_sync)
+
     dm = sub.add_parser("demo", help="stack up, sample data, and the three-stage recipe at toy size")
     dm.set_defaults(fn=cmd_demo)
+    from srcluster import lineage, upscale  # promote, lineage; upscale
+    for module in (lineage, upscale): module.add_commands(sub)
+    from srcluster.tune.cli import add_commands as add_tune_commands  # tune
+    add_tune_commands(sub)
+    from srcluster.launch.cli import add_commands as add_launch_commands  # submit, jobs, render
+    add_launch_commands(sub)
     return p
 
 

@@ -14,7 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from srcluster.errors import ConfigError
+from srcluster.degrade.config import Degradations, parse_degradations, split_degradation_keys
+from srcluster.errors import ConfigError, SrclusterError
 
 
 class Strict(BaseModel):
@@ -43,6 +44,9 @@ class TrainDataset(Strict):
     num_worker_per_gpu: Annotated[int, Field(ge=0)] = 2
     use_hflip: bool = True
     use_rot: bool = True
+    # Not written in job files: parse_job fills it from traiNNer-redux's degradation keys (top level and here), so it
+    # travels with the job to the workers and into the run key and MLflow params. None: bicubic LR (or paired data).
+    degradations: Degradations | None = None
 
 
 class ValDataset(Strict):
@@ -154,10 +158,25 @@ class MlflowOptions(Strict):
     parent_run_id: str | None = None
 
 
+class Checkpoints(Strict):
+    keep_last: PositiveInt = 3  # the newest N checkpoints Ray Train keeps (resume points)
+    best: str | None = None  # validation metric naming the best checkpoint, passed downstream; default: the first of val.metrics
+
+
+class Plateau(Strict):
+    """"Train until PSNR/SSIM peak": stop when `checkpoints.best` has not improved by more than `min_delta` for
+    `patience` validations in a row (0 = off; `train.total_iter` always bounds the run)."""
+
+    patience: Annotated[int, Field(ge=0)] = 0
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+
+
 class Cluster(Strict):
     """srcluster's own settings: where and how the stage runs."""
 
-    workers: PositiveInt = 2
+    # N, or [min, max] for an elastic run (spot/preemptible nodes): the effective batch is declared at max workers and
+    # held when fewer are available, by raising accum_iter (and lowering the per-worker batch when it must)
+    workers: PositiveInt | tuple[PositiveInt, PositiveInt] = 2
     use_gpu: bool = False
     cpus_per_worker: Annotated[float, Field(gt=0)] = 1
     gpus_per_worker: Annotated[float, Field(ge=0)] = 1
@@ -165,7 +184,29 @@ class Cluster(Strict):
     s3_endpoint: str | None = None  # default: AWS_ENDPOINT_URL, else the local stack
     max_failures: Annotated[int, Field(ge=-1)] = 0  # worker-group restarts from the latest checkpoint; -1 = unlimited
     nonfinite_patience: PositiveInt = 10  # stop after this many consecutive non-finite steps (each is skipped)
+    s3_retry_deadline_s: Annotated[float, Field(gt=0)] = 120  # an object store down longer than this stops the run
+    # Where on-the-fly degradations run: "workers" = the DataLoader workers (CPU; the step gets ready LR, like paired
+    # data), "device" = inside the training step on the worker's device (batched on the GPU, as Real-ESRGAN does).
+    # auto: device with use_gpu, workers without (on CPU the workers run beside the step instead of stalling it).
+    degrade_on: Literal["auto", "workers", "device"] = "auto"
+    checkpoints: Checkpoints = Checkpoints()
+    plateau: Plateau = Plateau()
     mlflow: MlflowOptions = MlflowOptions()
+
+    @field_validator("workers")
+    @classmethod
+    def ordered_range(cls, value):
+        if isinstance(value, tuple) and value[0] > value[1]:
+            raise ValueError(f"[min, max] must have min <= max, got {list(value)}")
+        return value
+
+    @property
+    def min_workers(self) -> int:
+        return self.workers[0] if isinstance(self.workers, tuple) else self.workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.workers[1] if isinstance(self.workers, tuple) else self.workers
 
 
 class Job(Strict):
@@ -176,6 +217,8 @@ class Job(Strict):
     manual_seed: int | None = 0
     use_amp: bool = False
     amp_bf16: bool = False
+    use_compile: bool = False  # torch.compile the generator's training forward (worth it on GPUs, for long runs)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = None
     use_channels_last: bool = False
     datasets: Datasets
     network_g: Network
@@ -198,7 +241,14 @@ class Job(Strict):
             losses.LOSSES.check(loss.type, f"train.losses[{i}].type")
             losses.LOSSES.check_options(loss.type, loss.options(), f"train.losses[{i}]")
         if self.uses_gan and self.network_d is None:
-            raise ValueError("train.losses has a ganloss with weight > 0 but no network_d is configured")
+            raise ValueError("train.losses: a ganloss with weight > 0 needs a discriminator, but no network_d is configured")
+        uneven = [w for w in range(self.srcluster.min_workers, self.srcluster.max_workers + 1) if self.effective_batch % w]
+        if uneven:
+            raise ValueError(f"srcluster.workers: effective batch {self.effective_batch} cannot be held on {uneven[0]} "
+                             "workers; make batch_size_per_gpu * accum_iter * max workers divisible by every worker count")
+        best = self.srcluster.checkpoints.best
+        if best is not None and best.removeprefix("val_") not in self.val.metrics:
+            raise ValueError(f"srcluster.checkpoints.best: {best!r} is not one of val.metrics ({', '.join(self.val.metrics)})")
         return self
 
     @property
@@ -211,23 +261,44 @@ class Job(Strict):
         return any(loss.type == "ganloss" and loss.loss_weight > 0 for loss in self.train.losses)
 
     @property
+    def degrade_in_workers(self) -> bool:
+        """Whether on-the-fly degradations run in the data workers (else in the training step); see Cluster."""
+        where = self.srcluster.degrade_on
+        return not self.srcluster.use_gpu if where == "auto" else where == "workers"
+
+    @property
     def effective_batch(self) -> int:
+        """Samples per optimiser step, declared at the largest worker count."""
         train = self.datasets.train
-        return train.batch_size_per_gpu * train.accum_iter * self.srcluster.workers
+        return train.batch_size_per_gpu * train.accum_iter * self.srcluster.max_workers
+
+    def batch_plan(self, world: int) -> tuple[int, int]:
+        """(batch_size_per_gpu, accum_iter) that keep `effective_batch` on `world` workers: accum_iter grows first; the
+        per-worker batch shrinks only when the worker count does not divide the configured batch."""
+        per_worker, remainder = divmod(self.effective_batch, world)
+        if remainder:
+            raise ConfigError(f"effective batch {self.effective_batch} cannot be split evenly over {world} workers; "
+                              "choose batch_size_per_gpu * accum_iter divisible by every worker count in srcluster.workers")
+        batch = next(b for b in range(min(self.datasets.train.batch_size_per_gpu, per_worker), 0, -1) if per_worker % b == 0)
+        return batch, per_worker // batch
+
+    @property
+    def best_metric(self) -> str | None:
+        """The MLflow/Ray metric key (`val_<name>`) that picks the best checkpoint, or None without validation."""
+        if self.datasets.val is None or not (self.val.val_enabled and self.val.metrics_enabled and self.val.metrics):
+            return None
+        name = self.srcluster.checkpoints.best or next(iter(self.val.metrics))
+        return f"val_{name.removeprefix('val_')}"
 
 
 # --- traiNNer-redux options srcluster accepts without acting on them ------------------------------------------------
 
-_NO_COMPILE = "torch.compile is not used by srcluster yet"
 _NO_MOA = "mixture-of-augmentations (MoA) is not implemented by srcluster"
-_NO_OTF = "on-the-fly degradations are not applied yet: LR is the bicubic downscale of HR"
 _DEBUG = "look at degradations with `srcluster degrade preview` instead"
 
 # key path ("*" = any dataset name) -> why it has no effect. Any other unknown key is an error.
 IGNORED: dict[str, str] = {
     "num_gpu": "srcluster.workers and srcluster.use_gpu choose the devices",
-    "use_compile": _NO_COMPILE,
-    "compile_mode": _NO_COMPILE,
     "fast_matmul": "TF32 matmuls are left at PyTorch's default",
     "high_order_degradations_debug": _DEBUG,
     "high_order_degradations_debug_limit": _DEBUG,
@@ -240,17 +311,6 @@ IGNORED: dict[str, str] = {
     "datasets.*.meta_info": "shard manifests list the samples",
     "datasets.*.io_backend": "every URL is read through fsspec",
     "datasets.*.filename_tmpl": "pairs are matched by relative path and stem",
-    **{key: _NO_OTF for key in (
-        "high_order_degradation", "thicklines_prob", "lq_usm", "lq_usm_radius_range", "queue_size",
-        "blur_prob", "resize_prob", "resize_mode_list", "resize_mode_prob", "resize_range", "gaussian_noise_prob",
-        "noise_range", "poisson_scale_range", "gray_noise_prob", "jpeg_prob", "jpeg_range", "blur_prob2",
-        "resize_prob2", "resize_mode_list2", "resize_mode_prob2", "resize_range2", "gaussian_noise_prob2",
-        "noise_range2", "poisson_scale_range2", "gray_noise_prob2", "jpeg_prob2", "jpeg_range2", "resize_mode_list3",
-        "resize_mode_prob3")},
-    **{f"datasets.*.{key}": _NO_OTF for key in (
-        "blur_kernel_size", "kernel_list", "kernel_prob", "kernel_range", "sinc_prob", "blur_sigma", "betag_range",
-        "betap_range", "blur_kernel_size2", "kernel_list2", "kernel_prob2", "kernel_range2", "sinc_prob2",
-        "blur_sigma2", "betag_range2", "betap_range2", "final_sinc_prob", "final_kernel_range")},
 }
 
 # traiNNer-redux's loss names that srcluster does not implement: fine at weight 0 (off), an error otherwise.
@@ -260,6 +320,39 @@ TRAINNER_LOSSES = frozenset({
     "lumaloss", "msssiml1loss", "multiscaleganloss", "nccloss", "perceptualanimeloss", "perceptualfp16loss",
     "psnrloss", "sobeledgeloss", "ssimloss", "structuretextureloss", "mssimloss", "perceptualloss", "hsluvloss",
 })
+
+
+def lift_degradations(data: dict, source: str) -> tuple[dict, Degradations | None, list[str]]:
+    """(the job without its degradation keys, their validated `Degradations` or None, warnings).
+
+    None when the keys neither make LR (high_order_degradation, a video codec) nor sharpen the GT: traiNNer-redux
+    ignores its OTF keys when high_order_degradation is false, and so does srcluster, with a warning per key set.
+    """
+    train = (data.get("datasets") or {}).get("train") if isinstance(data.get("datasets"), dict) else None
+    if isinstance(train, dict) and "degradations" in train:
+        raise ConfigError(f"{source}: datasets.train.degradations: not a job-file key; srcluster fills it from "
+                          "traiNNer-redux's degradation options (high_order_degradation, jpeg_range, "
+                          "datasets.train.kernel_list, ...): set those instead")
+    data, flat = split_degradation_keys(data, source)
+    if not flat:
+        return data, None, []
+    cfg = parse_degradations(flat, source)
+    warnings = [f"{source}: {key}: ignored ({why})" for key, why in cfg.ignored().items()]
+    if not (cfg.makes_lr or cfg.sharpens_gt):
+        from srcluster.degrade.config import IGNORED as DEGRADE_IGNORED, key_path
+
+        defaults = Degradations()
+        warnings += [f"{source}: {key_path(name)}: ignored (high_order_degradation is false)"
+                     for name in sorted(cfg.model_fields_set)
+                     if name not in DEGRADE_IGNORED and getattr(cfg, name) != getattr(defaults, name)]
+        return data, None, warnings
+    if cfg.makes_lr and isinstance(train, dict) and train.get("dataroot_lq") is not None:
+        switch = "high_order_degradation" if cfg.high_order_degradation else "video_codec_prob"
+        raise ConfigError(f"{source}: {switch}: LR is made from HR on the fly, so datasets.train.dataroot_lq would "
+                          "be unused; remove dataroot_lq or turn the on-the-fly degradations off")
+    if isinstance(train, dict):
+        data["datasets"]["train"]["degradations"] = cfg
+    return data, cfg, warnings
 
 
 def _ignored_reason(path: tuple[str, ...]) -> str | None:
@@ -375,10 +468,14 @@ def parse_job(data: Any, source: str = "job") -> Job:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of traiNNer-redux options at the top level, got {type(data).__name__}")
     data, warnings = lift_ignored(data, source)
+    data, _, more = lift_degradations(data, source)
+    warnings += more
     try:
         job = Job.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(describe_errors(exc, source)) from None
+    except SrclusterError as exc:  # a registry check inside a validator names the key, not the file
+        raise ConfigError(f"{source}: {exc}") from None
     job._warnings = warnings
     return job
 

@@ -51,25 +51,14 @@ def tiled_upscale(net: Upscaler, lr: torch.Tensor, scale: int, tile: int, overla
 
 
 def load_model(source: str, scale: int, device: torch.device):
-    """A spandrel model from a .safetensors/.pth path or any fsspec URL, loaded weights-only."""
-    from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
+    """A generator from a .safetensors/.pth path, any fsspec URL or a `models:/` URI, loaded weights-only, that must
+    upscale by `scale`."""
+    from srcluster.upscale import load_upscaler
 
-    from srcluster.storage import StorageSettings
-    from srcluster.train.weights import read_state_dict
-
-    fs, path = StorageSettings.resolve().filesystem(source)
-    if not fs.exists(path):
-        raise SrclusterError(f"model {source} does not exist")
-    state = read_state_dict(source)
-    try:
-        model = ModelLoader(device).load_from_state_dict(state)
-    except UnsupportedModelError:
-        raise SrclusterError(f"model {source}: spandrel does not recognise its architecture") from None
-    if not isinstance(model, ImageModelDescriptor):
-        raise SrclusterError(f"model {source} is a {model.architecture.name} model, not an image-to-image one")
+    model = load_upscaler(source, device)
     if model.scale != scale:
-        raise SrclusterError(f"model {source} is a x{model.scale} model ({model.architecture.name}), not x{scale}")
-    return model.eval()
+        raise SrclusterError(f"model {source} is a x{model.scale} model ({model.name}), not x{scale}")
+    return model
 
 
 def bicubic_upscaler(scale: int) -> Upscaler:

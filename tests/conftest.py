@@ -119,7 +119,9 @@ def ray_cluster(_stack_session):
     """
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=True, log_to_driver=True, configure_logging=False)
+    # address="local": always a new cluster, never one that another Ray user on this machine left in /tmp/ray
+    ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_port=free_port_block(1),
+             log_to_driver=True, configure_logging=False)
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address  # subprocesses join this cluster
     try:
         yield ray

@@ -113,6 +113,13 @@ def test_every_trainner_redux_template_loads_with_its_ignored_keys_named(templat
     assert any("num_gpu: ignored" in w for w in job.warnings)
     if "gan" in template:
         assert any("ldlloss (weight 0) ignored" in w for w in job.warnings)
+    degradations = job.datasets.train.degradations
+    if "_OTF_" in template:  # Real-ESRGAN's pipeline with the template's own kernels and ranges
+        assert degradations is not None and degradations.high_order_degradation
+        assert degradations.kernel_range == tuple(data["datasets"]["train"]["kernel_range"])
+        assert degradations.jpeg_range == tuple(data["jpeg_range"])
+    else:
+        assert degradations is None
 
 
 def test_unimplemented_trainner_loss_with_weight_is_an_error():
@@ -125,3 +132,50 @@ def test_component_options_are_checked():
         parse_job(with_("train.losses", [{"type": "hsluvloss", "critrion": "l1"}]))
     with pytest.raises(ConfigError, match="compact"):
         parse_job(with_("network_g", {"type": "compact", "num_feet": 8}))
+
+
+OTF = {"high_order_degradation": True, "jpeg_range": [40, 90]}
+
+
+def test_degradation_keys_become_the_jobs_degradations_and_travel_to_the_workers():
+    data = {**with_("datasets.train.kernel_range", [3, 9]), **OTF}
+    job = parse_job(data, "job.yml")
+    cfg = job.datasets.train.degradations
+    assert cfg.high_order_degradation and cfg.kernel_range == (3, 9) and cfg.jpeg_range == (40, 90)
+    assert not job.warnings
+    again = type(job).model_validate(job.model_dump(mode="json"))  # what each Ray worker rebuilds
+    assert again.datasets.train.degradations == cfg
+    assert flatten(job.model_dump(mode="json"))["datasets.train.degradations.jpeg_range"] == [40, 90]
+    assert parse_job(MINIMAL).datasets.train.degradations is None
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({**with_("datasets.train.kernel_range", [4, 9]), **OTF},
+     "job.yml: datasets.train.kernel_range: kernel sizes must be odd"),
+    ({**MINIMAL, **OTF, "jpeg_range": [90, 40]}, "job.yml: jpeg_range: must be [min, max] with min <= max"),
+    ({**MINIMAL, **OTF, "blur_prob": 1.5}, "job.yml: blur_prob: Input should be less than or equal to 1"),
+    ({**MINIMAL, **OTF, "kernel_list": ["iso"]}, "job.yml: kernel_list: belongs under datasets.train"),
+    ({**with_("datasets.train.jpeg_prob", 0.5), **OTF}, "job.yml: datasets.train.jpeg_prob: belongs at the top level"),
+    ({**with_("datasets.train.dataroot_lq", "s3://srcluster/lr"), **OTF},
+     "job.yml: high_order_degradation: LR is made from HR on the fly, so datasets.train.dataroot_lq would be unused"),
+    (with_("datasets.train.degradations", {"blur_prob": 1}), "job.yml: datasets.train.degradations: not a job-file key"),
+    ({**MINIMAL, "srcluster": {"degrade_on": "gpu"}}, "job.yml: srcluster.degrade_on: Input should be"),
+])
+def test_bad_degradations_name_the_key(data, expected):
+    with pytest.raises(ConfigError) as err:
+        parse_job(data, "job.yml")
+    assert expected in str(err.value)
+
+
+def test_degradation_keys_without_high_order_degradation_are_named_as_ignored():
+    job = parse_job({**with_("datasets.train.kernel_range", [3, 9]), "jpeg_range": [40, 90]}, "job.yml")
+    assert job.datasets.train.degradations is None
+    assert sorted(job.warnings) == ["job.yml: datasets.train.kernel_range: ignored (high_order_degradation is false)",
+                                    "job.yml: jpeg_range: ignored (high_order_degradation is false)"]
+
+
+def test_where_degradations_run():
+    assert parse_job(MINIMAL).degrade_in_workers  # CPU job: in the data workers
+    assert not parse_job({**MINIMAL, "srcluster": {"use_gpu": True}}).degrade_in_workers  # GPU: in the step
+    assert parse_job({**MINIMAL, "srcluster": {"use_gpu": True, "degrade_on": "workers"}}).degrade_in_workers
+    assert not parse_job({**MINIMAL, "srcluster": {"degrade_on": "device"}}).degrade_in_workers

@@ -91,7 +91,7 @@ def test_misplaced_keys_say_where_they_belong() -> None:
     ({"video_crf_range": [20, 60]}, "job.yml: video_crf_range[1]: Input should be less than or equal to 51"),
     ({"blur_prop": 0.5}, "job.yml: blur_prop: unknown key (did you mean 'blur_prob'?)"),
     ({"second_blur_prob": 0.8, "blur_prob2": 0.3}, "job.yml: blur_prob2: given twice"),
-    ({"degradation_device": "gpu"}, "job.yml: degradation_device: Input should be 'auto', 'cpu' or 'cuda'"),
+    ({"jpeg_backend": "libjpeg"}, "job.yml: jpeg_backend: Input should be 'auto', 'pil' or 'diffjpeg'"),
 ])
 def test_bad_configs_are_rejected_naming_the_key(data: dict, expected: str) -> None:
     assert expected in _error(data)
@@ -107,8 +107,8 @@ def test_real_esrgan_spelling_and_ignored_keys() -> None:
     assert cfg.blur_prob2 == 0.8
     assert set(cfg.ignored()) == {"queue_size", "datasets.train.blur_kernel_size"}
     assert key_path("final_sinc_prob") == "datasets.train.final_sinc_prob" and key_path("jpeg_range") == "jpeg_range"
-    assert Degradations(degradation_device="auto").device(use_gpu=True) == "cuda"
-    assert Degradations(degradation_device="cpu").device(use_gpu=True) == "cpu"
+    assert not cfg.makes_lr and Degradations(video_codec_prob=0.5).makes_lr
+    assert Degradations(high_order_degradation=True).makes_lr and Degradations(gan_gt_usm=True).sharpens_gt
 
 
 def test_sample_seed_is_stable_and_separates_its_inputs() -> None:

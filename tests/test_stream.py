@@ -100,10 +100,10 @@ def test_fewer_shards_than_slots_resamples_everything(tmp_path, caplog):
     write_shards(photo_tiles()[:6], dest, progress=False)
     assert split_units(["a"], 1, 2, 0, 1) == (["a"], False)
     with caplog.at_level(logging.WARNING, logger="srcluster.data.stream"):
-        streams = [train_loader(dest, crop=32, batch_size=3, steps=4, rank=r, world_size=2, with_keys=True)
+        streams = [train_loader(dest, crop=32, batch_size=3, steps=8, rank=r, world_size=2, with_keys=True)
                    for r in range(2)]
     batches = [list(s) for s in streams]
-    assert [len(b) for b in batches] == [4, 4]
+    assert [len(b) for b in batches] == [8, 8]
     assert set(keys_of(batches[0])) == set(keys_of(batches[1]))  # both ranks read the one shard ...
     assert keys_of(batches[0]) != keys_of(batches[1])  # ... in their own order
     assert "every rank reads all of them" in caplog.text

@@ -107,8 +107,9 @@ def test_three_stages_chain_with_lineage(stack, ray_cluster, sample_data):
     assert parent.info.status == "FINISHED" and parent.data.tags["srcluster.recipe"] == "chain"
     assert len({r.info.experiment_id for r in runs + [parent]}) == 1
     assert runs[0].data.tags["srcluster.pretrain"] == "scratch"
-    assert runs[1].data.tags["srcluster.pretrain"] == summaries[0].checkpoint_uri + "/net_g_ema.safetensors"
-    assert runs[2].data.tags["srcluster.pretrain"] == summaries[1].checkpoint_uri + "/net_g_ema.safetensors"
+    # stages chain through the model registry: each pretrain is the previous stage's registered (best) generator
+    assert runs[1].data.tags["srcluster.pretrain"] == summaries[0].model_uri
+    assert runs[2].data.tags["srcluster.pretrain"] == summaries[1].model_uri
     assert runs[1].data.params["path.strict_load_g"] == "False" and runs[2].data.params["scale"] == "4"
     assert {"l_g_gan", "l_g_mssimloss", "l_g_hsluvloss", "l_d_real"} <= set(runs[2].data.metrics)
 
@@ -205,3 +206,78 @@ def test_non_finite_losses_stop_the_run_with_advice(stack, ray_cluster, sample_d
     assert last.startswith("error: stage diverge stopped: 3 consecutive non-finite") and "Lower train.optim_g.lr" in last
     run = Tracker().client.search_runs([Tracker().client.get_experiment_by_name("diverge").experiment_id])[0]
     assert run.info.status == "FAILED"
+
+
+def test_plateau_stops_early_and_the_best_generator_goes_downstream(stack, ray_cluster, sample_data):
+    from safetensors.torch import load as load_safetensors
+    from spandrel import ModelLoader
+
+    from srcluster.config import parse_job
+
+    # min_delta so large that no validation after the first counts as an improvement: the run stops at the second
+    job = tiny_job(name="plateau", train={"total_iter": 400, "losses": [{"type": "charbonnierloss", "loss_weight": 1.0}]},
+                   val={"val_freq": 4}, logger={"print_freq": 4, "save_checkpoint_freq": 100},
+                   srcluster={"workers": 2, "checkpoints": {"keep_last": 1, "best": "ssim"},
+                              "plateau": {"patience": 1, "min_delta": 100.0}})
+    result = run_stage(parse_job(job))
+
+    assert result.iterations == 8 and result.metrics["stopped_early"] == 1
+    assert result.best == {**result.best, "metric": "val_ssim", "iteration": 4}
+    assert result.generator_uri.endswith("/best/net_g_ema_0000004.safetensors")
+    assert result.checkpoint_uri.endswith("checkpoint_0000008")  # the stop saved a resume point
+    fs, path = StorageSettings.resolve().filesystem(result.generator_uri)
+    assert ModelLoader().load_from_state_dict(load_safetensors(fs.cat_file(path))).scale == 2
+    run_folder = result.checkpoint_uri.rsplit("/", 1)[0]
+    kept = [p.rsplit("/", 1)[-1] for p in fs.ls(run_folder) if p.rsplit("/", 1)[-1].startswith("checkpoint_0")]
+    assert kept == ["checkpoint_0000008"]  # keep_last: 1
+
+    client = Tracker().client
+    run = client.get_run(result.run_id)
+    assert run.data.tags["srcluster.best_iteration"] == "4" and run.data.tags["srcluster.generator_uri"] == result.generator_uri
+    assert {f.path for f in client.list_artifacts(result.run_id, "model/best")} == {"model/best/net_g_ema_4.safetensors"}
+    again = run_stage(parse_job(job))  # a reused run passes the same best generator downstream
+    assert again.reused and again.generator_uri == result.generator_uri and again.iterations == 8
+
+
+def test_two_nodes_read_their_own_shards_and_an_elastic_run_survives_losing_one(stack, sample_data, tmp_path):
+    """A real multi-node Ray cluster (ray.cluster_utils, one training worker per node) in a subprocess, since this
+    session's own Ray cluster is single-node. workers: [1, 2]; one node is removed after the first checkpoint."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from srcluster.config import parse_job
+
+    job = tiny_job(name="elastic", train={"total_iter": 60, "losses": [{"type": "charbonnierloss", "loss_weight": 1.0}]},
+                   val={"val_freq": 100}, logger={"print_freq": 4, "save_checkpoint_freq": 4},
+                   srcluster={"workers": [1, 2], "max_failures": 3})
+    parse_job(job)  # a bad job fails here, not in the subprocess
+    spec = tmp_path / "job.json"
+    spec.write_text(json.dumps(job))
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_DEDUP_LOGS": "0"}
+    script = Path(__file__).with_name("ray_nodes.py")
+    out = subprocess.run([sys.executable, str(script), str(spec)], capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+
+    reads = {}  # rank -> (node, shards) while both nodes were up: "rank R on node N reads K of M shards/images: ..."
+    for line in (out.stdout + out.stderr).splitlines():
+        if "[elastic] rank " in line and " reads " in line:
+            words = line.split("[elastic] rank ", 1)[1].split()
+            if int(words[5]) < int(words[7]):  # a share, not all of them (the one-node phase)
+                reads.setdefault(words[0], (words[3], line.split(": ", 1)[1]))
+    assert set(reads) >= {"0", "1"}, out.stdout[-3000:]
+    assert reads["0"][0] != reads["1"][0] and reads["0"][1] != reads["1"][1]  # two nodes, two disjoint shard lists
+
+    assert result["iterations"] == 60
+    client = Tracker().client
+    run = client.get_run(result["run_id"])
+    resizes = {k: v for k, v in run.data.tags.items() if k.startswith("srcluster.resize.")}
+    assert "removing a node" in out.stdout
+    assert any(v.startswith("2 -> 1 workers: batch_size_per_gpu 2, accum_iter 2") for v in resizes.values()), \
+        (out.stdout + out.stderr)[-6000:]
+    workers = {int(m.value) for m in client.get_metric_history(result["run_id"], "workers")}
+    assert workers == {1, 2}
+    assert run.data.params["effective_batch"] == "4"

@@ -192,3 +192,69 @@ def test_non_finite_steps_are_skipped_and_stop_the_run_after_patience():
     train_step(stage, batches, 1)
     with pytest.raises(NonFiniteLossError, match="3 consecutive non-finite .* Lower train.optim_g.lr"):
         check_finite(stage, patience=3)
+
+
+def test_elastic_batch_plan_holds_the_effective_batch():
+    elastic = job(datasets={"train": {"dataroot_gt": "memory://none", "lq_size": 8, "batch_size_per_gpu": 3}},
+                  srcluster={"workers": [1, 4], "cpus_per_worker": 1})
+    assert elastic.effective_batch == 12  # declared at max workers
+    plans = {w: elastic.batch_plan(w) for w in range(1, 5)}
+    assert plans == {1: (3, 4), 2: (3, 2), 3: (2, 2), 4: (3, 1)}  # the batch shrinks only where 3 does not divide
+    assert all(b * a * w == 12 for w, (b, a) in plans.items())
+    with pytest.raises(SrclusterError, match=r"srcluster.workers: effective batch 10 cannot be held on 3 workers"):
+        job(datasets={"train": {"dataroot_gt": "memory://none", "lq_size": 8, "batch_size_per_gpu": 2}},
+            srcluster={"workers": [2, 5]})
+    with pytest.raises(SrclusterError, match=r"srcluster.workers.*min <= max"):
+        job(srcluster={"workers": [3, 2]})
+
+
+def test_best_checkpoint_metric_and_plateau_counting():
+    from srcluster.train.best import Best
+
+    with pytest.raises(SrclusterError, match=r"srcluster.checkpoints.best: 'lpips' is not one of val.metrics"):
+        job(datasets={"train": {"dataroot_gt": "memory://none", "lq_size": 8, "batch_size_per_gpu": 4},
+                      "val": {"dataroot_gt": "memory://val"}}, srcluster={"checkpoints": {"best": "lpips"}})
+    best = Best("val_psnr", higher_is_better=True, min_delta=0.1, patience=2)
+    assert best.update(30.0, 10) and best.update(30.5, 20)
+    assert not best.update(30.55, 30) and not best.plateaued  # within min_delta: not an improvement
+    assert not best.update(29.0, 40) and best.plateaued and (best.value, best.iteration) == (30.5, 20)
+    lower = Best("val_lpips", higher_is_better=False)
+    assert lower.update(0.3, 1) and lower.update(0.2, 2) and not lower.update(0.25, 3) and lower.iteration == 2
+
+
+def test_tracking_calls_are_spooled_while_the_server_is_down_and_kept_in_order(tmp_path, monkeypatch):
+    import json
+    import socket
+
+    from srcluster.track import Tracker
+
+    monkeypatch.setenv("SRCLUSTER_HOME", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tracker = Tracker(f"http://127.0.0.1:{port}", buffered=True)
+    grid = tmp_path / "grid.png"
+    grid.write_bytes(b"png")
+    tracker.log_metrics("run1", {"loss": 0.5}, step=10)
+    tracker.log_artifact("run1", grid, "comparisons")
+    grid.unlink()  # the worker's temporary file is gone; the spool kept a copy
+    tracker.set_tags("run1", {"k": "v"})
+    tracker.end_run("run1")
+    calls = [json.loads(line) for line in tracker.spool.path.read_text().splitlines()]
+    assert [c["kind"] for c in calls] == ["metrics", "artifact", "tags", "end"]
+    assert calls[0]["metrics"] == {"loss": 0.5} and calls[0]["step"] == 10
+    assert (tmp_path / "spool" / "artifacts").exists() and open(calls[1]["path"], "rb").read() == b"png"
+    with pytest.raises(Exception):  # noqa: B017 - without a spool, an outage is the caller's error
+        Tracker(f"http://127.0.0.1:{port}").log_metrics("run1", {"loss": 0.5}, step=10)
+
+
+@pytest.mark.slow
+def test_use_compile_trains_the_same_as_eager():
+    eager, compiled = job(), job(use_compile=True)
+    batches = hr_batches(2, 4)
+    losses_seen = []
+    for config in (eager, compiled):
+        stage = build_stage(config, torch.device("cpu"), log=lambda _: None)
+        losses_seen.append([train_step(stage, iter([b]), accum=1)["l_g_charbonnierloss"] for b in batches])
+    assert losses_seen[1] == pytest.approx(losses_seen[0], rel=1e-4)

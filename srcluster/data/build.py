@@ -48,7 +48,7 @@ from srcluster.errors import SrclusterError, StorageError
 
 log = logging.getLogger(__name__)
 
-BUILDER = "srcluster.data.build/1"  # bump when the same inputs and settings would give different shards
+BUILDER = "srcluster.data.build/2"  # bump when the same inputs and settings would give different shards
 
 
 @dataclass(frozen=True)

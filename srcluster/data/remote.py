@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import queue
 import threading
 import time
@@ -35,6 +36,7 @@ T = TypeVar("T")
 READ_BLOCK = 8 << 20  # bytes per ranged GET: few requests per shard, bounded memory
 READ_AHEAD = 2  # blocks fetched ahead of the reader; memory per open object is (READ_AHEAD + 1) * READ_BLOCK
 RETRY_DEADLINE_S = 120.0  # a server that is back within this is survived; after it the read fails loudly
+DEADLINE_ENV = "SRCLUSTER_S3_RETRY_DEADLINE_S"  # set from the job's srcluster.s3_retry_deadline_s in Ray workers
 RETRY_MAX_SLEEP_S = 2.0  # how often a dead server is tried again
 # Our own loop does the waiting (and counts it); botocore's retries would hide a dead server for minutes per call.
 CLIENT_CONFIG = {"connect_timeout": 5, "read_timeout": 30, "attempts": 2}
@@ -86,7 +88,8 @@ def is_transient(exc: BaseException) -> bool:
 
 def retrying(call: Callable[[], T], what: str, *, deadline_s: float | None = None) -> T:
     """`call()`, repeated with backoff while it fails transiently; StorageError once `deadline_s` has passed."""
-    deadline_s = RETRY_DEADLINE_S if deadline_s is None else deadline_s
+    if deadline_s is None:
+        deadline_s = float(os.environ.get(DEADLINE_ENV, RETRY_DEADLINE_S))
     start, delay, attempt = time.monotonic(), 0.1, 0
     while True:
         try:
@@ -96,7 +99,8 @@ def retrying(call: Callable[[], T], what: str, *, deadline_s: float | None = Non
                 raise
             waited = time.monotonic() - start
             if waited + delay > deadline_s:
-                raise StorageError(f"{what}: storage still failing after {waited:.0f} s "
+                endpoint = StorageSettings.resolve().endpoint_url or "the default AWS endpoint"
+                raise StorageError(f"{what}: storage at {endpoint} still failing after {waited:.0f} s "
                                    f"({exc.__class__.__name__}: {exc})") from exc
             attempt += 1
             IO_COUNTS.add("io_retries")

@@ -407,7 +407,28 @@ def read_manifest(url: str) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") not in READABLE_FORMATS:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise StorageError(f"{target} has format {found!r}, expected {FORMAT!r}")
+    _check_entries(manifest, target)
     return manifest
+
+
+def _check_entries(manifest: dict, target: str) -> None:
+    """A manifest from storage is input like any other: its shard list must be well formed and name only files
+    inside the shard set (a `../` or absolute name would make readers fetch objects elsewhere)."""
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not shards:
+        raise StorageError(f"{target} lists no shards")
+    for index, entry in enumerate(shards):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str):
+            raise StorageError(f"{target}: shards[{index}] has no name")
+        if why := unsafe_name(name):
+            raise StorageError(f"{target}: shards[{index}].name {name[:200]!r} has {why}; refusing this shard set")
+        for key in ("samples", "bytes"):
+            if not isinstance(entry.get(key), int) or isinstance(entry.get(key), bool) or entry[key] < 0:
+                raise StorageError(f"{target}: shards[{index}].{key} is not a count: {entry.get(key)!r}")
+    for key in ("samples", "bytes"):
+        if not isinstance(manifest.get(key), int):
+            raise StorageError(f"{target}: {key} is not a count: {manifest.get(key)!r}")
 
 
 def is_shard_pattern(url: str) -> bool:
@@ -439,6 +460,30 @@ class TarFormatError(ValueError):
     """A tar stream that is damaged or cut short."""
 
 
+class UnsafeNameError(TarFormatError):
+    """A member or manifest entry whose name reaches outside its shard set (`../`, an absolute path, a URL)."""
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why `name` (a tar member, a manifest's shard name) is not a plain relative path inside its folder, or None.
+
+    Sample keys become file and artifact names downstream (validation images, reports), so a name that climbs out
+    (`../x`), starts at the root (`/etc/x`, `C:\\x`) or points elsewhere (`s3://other/x`) is refused, as Python's
+    tarfile "data" filter refuses it when extracting.
+    """
+    if not name:
+        return "an empty name"
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "an absolute path"
+    if "://" in name:
+        return "a URL"
+    if "\0" in name:
+        return "a NUL byte"
+    if ".." in re.split(r"[/\\]", name):
+        return "a '..' component"
+    return None
+
+
 def _read_exact(stream, size: int) -> bytes:
     parts, left = [], size
     while left:
@@ -462,7 +507,9 @@ def iter_tar(stream) -> Iterator[tuple[str, bytes]]:
 
     A lean reader for the hot path of the stream (Python's tarfile costs ~70 us per member, this ~3 us): ustar, PAX
     (`path` records) and GNU long names. Unlike tarfile it treats an archive that ends before its end-of-archive block
-    as what it is, damaged, and raises TarFormatError, as it does for a header whose checksum is wrong.
+    as what it is, damaged, and raises TarFormatError, as it does for a header whose checksum is wrong. A member whose
+    name reaches outside the archive (`../`, absolute) raises UnsafeNameError: srcluster never writes one, so the
+    shard was not made by it and none of it is trusted.
     """
     long_name: str | None = None
     while True:
@@ -492,6 +539,8 @@ def iter_tar(stream) -> Iterator[tuple[str, bytes]]:
                 if header[257:262] == b"ustar" and prefix:
                     name = prefix.decode("utf-8", "surrogateescape") + "/" + name
             long_name = None
+            if why := unsafe_name(name):
+                raise UnsafeNameError(f"member {name[:200]!r} has {why}")
             yield name, data
         else:  # directories, links, global headers: nothing to read
             long_name = None

@@ -9,7 +9,14 @@ plain folders of images. Both kinds go through the same pipeline:
           --> DataLoader (uint8: HR B x 3 x crop x crop [, LR B x 3 x crop/s x crop/s]) --> exactly `steps` batches
 
 Every rank yields exactly `steps` batches whatever its share of the data, so DDP ranks never wait on each other at the
-end of an epoch. Randomness comes from one generator per (seed, epoch, rank, worker): same arguments, same batches.
+end of an epoch. The order of the units and the shuffle come from one generator per (seed, epoch, rank, worker); each
+sample's crop, flips and on-the-fly degradations from its own seed (`sample_seed(seed, epoch, key@pass)`, pass = how
+many times this sample was read before), so a sample's (HR, LR) pair is the same on any number of ranks and workers.
+
+With on-the-fly degradations (`degradations`) each batch's per-sample parameters are drawn in the worker
+(`degrade.pipeline.draw`, cheap); `degrade_in_workers` applies them there too, batched, and the batch is `(hr, lr)`
+uint8 exactly like paired data; otherwise the batch is `(hr, plan)` and the training step applies the plan on its
+device (`train/batch.py`).
 
 Skipped samples (undecodable, too small, unpaired, LR size mismatch, unreadable shards) and storage retries are
 counted in each worker and carried to the main process with each batch, so `TrainStream.counts()` covers every
@@ -42,6 +49,8 @@ from srcluster.data.shards import (
     split_member,
 )
 from srcluster.data.sources import join_url, list_image_files, list_images, pair_files
+from srcluster.degrade.config import Degradations
+from srcluster.degrade.seeds import sample_seed
 from srcluster.errors import SrclusterError, StorageError
 
 log = logging.getLogger(__name__)
@@ -351,21 +360,40 @@ class _Batch:
     def __init__(self, size: int, crop: int, lr_crop: int | None, shared: bool, with_keys: bool):
         shapes = [(size, 3, crop, crop)] + ([(size, 3, lr_crop, lr_crop)] if lr_crop else [])
         self.tensors = [torch.empty(shape, dtype=torch.uint8) for shape in shapes]
+        self.shared = shared
         if shared:
             self.tensors = [t.share_memory_() for t in self.tensors]
         self.arrays = [t.numpy() for t in self.tensors]
-        self.keys: list[str] | None = [] if with_keys else None
+        self.with_keys = with_keys
+        self.keys: list[str] = []
+        self.seeds: list[int] = []
         self.size, self.count = size, 0
 
-    def add(self, patches: list[np.ndarray], key: str) -> None:
+    def add(self, patches: list[np.ndarray], key: str, seed: int) -> None:
         for array, patch in zip(self.arrays, patches, strict=True):
             np.copyto(array[self.count], patch.transpose(2, 0, 1))
-        if self.keys is not None:
-            self.keys.append(key)
+        self.keys.append(key)
+        self.seeds.append(seed)
         self.count += 1
 
+    def degrade(self, cfg: Degradations, scale: int, apply_here: bool) -> None:
+        """Draw each sample's degradations from its seed; apply them here (LR joins the batch as uint8, exact: the
+        pipeline rounds LR to 8 bits) or leave the plan for the training step."""
+        from srcluster.degrade.pipeline import apply, draw
+
+        hr = self.tensors[0]
+        plan = draw(cfg, self.seeds, scale, hr.shape[-1])
+        if not apply_here:
+            self.tensors.append(plan)
+            return
+        lr = torch.empty((hr.shape[0], 3, plan.lq_size, plan.lq_size), dtype=torch.uint8)
+        if self.shared:
+            lr.share_memory_()
+        lr.copy_(apply(hr, plan).mul_(255).round_())
+        self.tensors.append(lr)
+
     def output(self, counts: torch.Tensor) -> tuple:
-        return (*self.tensors, *([self.keys] if self.keys is not None else []), counts)
+        return (*self.tensors, *([self.keys] if self.with_keys else []), counts)
 
 
 class HrCrops(IterableDataset):
@@ -374,13 +402,14 @@ class HrCrops(IterableDataset):
 
     Per worker: its units in endless seeded passes -> samples (still encoded) -> shuffle buffer -> decode + aligned
     crop + augment -> batch. Shuffling before decoding keeps the buffer cheap to fill: it costs reads, not decodes.
-    Each batch is (hr, [lr,] [keys,] counts), `counts` being this worker's COUNTERS since its previous batch.
+    Each batch is (hr, [lr | plan,] [keys,] counts), `counts` being this worker's COUNTERS since its previous batch.
     """
 
     def __init__(self, units: list[Unit], *, crop: int, scale: int, paired: bool, batch_size: int, rank: int,
                  world_size: int, seed: int, epoch: int, use_hflip: bool, use_rot: bool, shuffle_buffer: int,
-                 with_keys: bool):
+                 with_keys: bool, degradations: Degradations | None = None, degrade_in_workers: bool = True):
         self.units, self.crop, self.scale, self.paired = units, crop, scale, paired
+        self.degradations, self.degrade_in_workers = degradations, degrade_in_workers
         self.batch_size, self.rank, self.world_size, self.seed, self.epoch = batch_size, rank, world_size, seed, epoch
         self.use_hflip, self.use_rot = use_hflip, use_rot
         self.shuffle_buffer, self.with_keys = shuffle_buffer, with_keys
@@ -403,9 +432,10 @@ class HrCrops(IterableDataset):
             batch = _Batch(self.batch_size, self.crop, lr_crop, info is not None, self.with_keys)
             while batch.count < batch.size:
                 index, sample = next(samples)
+                seed = sample_seed(self.seed, self.epoch, f"{sample.key}@{index}")
                 try:
-                    result = random_crop(sample.hr, sample.lr, self.crop, self.scale, rng, self.use_hflip,
-                                         self.use_rot)
+                    result = random_crop(sample.hr, sample.lr, self.crop, self.scale, np.random.default_rng([seed, 1]),
+                                         self.use_hflip, self.use_rot)
                 except Exception as exc:  # untrusted bytes: decoders raise many kinds; one image must not end a run
                     result = "corrupt"
                     _skip(tally, totals, result, "skipping undecodable image %s: %s", sample.key, exc)
@@ -414,10 +444,12 @@ class HrCrops(IterableDataset):
                         _skip(tally, totals, result, "skipping %s: %s for a %dx%d crop", sample.key, result,
                               self.crop, self.crop)
                     else:
-                        batch.add(result, sample.key)
+                        batch.add(result, sample.key, seed)
                 if passes.record(index, not isinstance(result, str)):
                     raise SrclusterError(f"no usable {self.crop}x{self.crop} crop in {len(mine)} shard(s)/image(s) "
                                          f"starting with {mine[0].url} (skipped: {dict(totals)})")
+            if self.degradations is not None:
+                batch.degrade(self.degradations, self.scale, self.degrade_in_workers)
             yield batch.output(tally.take())
 
     def _samples(self, units: list[Unit], rng: np.random.Generator, tally: _Tally, totals: Counter,
@@ -442,7 +474,8 @@ def _worker_init(_: int) -> None:
 class TrainStream:
     """Exactly `steps` batches per iteration; each iteration starts the same seeded stream (and its workers) afresh.
 
-    Batches are `hr` (uint8 B x 3 x crop x crop) or, paired, `(hr, lr)`; with keys, the sample keys come last.
+    Batches are `hr` (uint8 B x 3 x crop x crop) or, paired or degraded in the workers, `(hr, lr)`, or, to be degraded
+    in the training step, `(hr, plan)`; with keys, the sample keys come last.
     `skipped`, `io_retries` and `counts()` cover all workers, up to the batch last yielded by the current iteration.
     """
 
@@ -511,7 +544,8 @@ class TrainStream:
 def train_loader(gt: str | list[str], *, crop: int, batch_size: int, rank: int = 0, world_size: int = 1,
                  num_workers: int = 0, seed: int = 0, epoch: int = 0, steps: int, use_hflip: bool = True,
                  use_rot: bool = True, shuffle_buffer: int = 256, with_keys: bool = False, pin_memory: bool = False,
-                 mp_context: str = "forkserver", lq: str | list[str] | None = None, scale: int = 1) -> TrainStream:
+                 mp_context: str = "forkserver", lq: str | list[str] | None = None, scale: int = 1,
+                 degradations: Degradations | None = None, degrade_in_workers: bool = True) -> TrainStream:
     """Exactly `steps` uint8 batches of random HR crops (B, 3, crop, crop) for one rank.
 
     `gt` is a shard set (folder with manifest.json, or a brace pattern of tar URLs), a folder of images, or a list of
@@ -519,6 +553,10 @@ def train_loader(gt: str | list[str], *, crop: int, batch_size: int, rank: int =
     with the HR crops: for a folder entry of `gt`, `lq` names its LR folder (partners by relative path and stem); for
     a shard set built with LR folders, `lq` is the shard set's own URL. With `with_keys` the sample keys (image URLs
     for plain folders) come last in each batch.
+
+    With `degradations` whose options make LR (Real-ESRGAN's pipeline or a video codec) every batch is `(hr, lr)`, LR
+    made in the workers from each sample's own seed (`degrade_in_workers`, the default), or `(hr, plan)`: the drawn
+    parameters, for the training step to apply on its device (`degrade.pipeline.apply`).
     """
     if crop < 1 or batch_size < 1 or steps < 0 or num_workers < 0 or seed < 0 or epoch < 0 or scale < 1:
         raise ValueError("crop, batch_size and scale must be positive; steps, num_workers, seed and epoch not negative")
@@ -527,6 +565,10 @@ def train_loader(gt: str | list[str], *, crop: int, batch_size: int, rank: int =
     if mp_context not in ("spawn", "forkserver"):
         raise ValueError("mp_context must be 'spawn' or 'forkserver' (fork would share s3fs state with the parent)")
     paired = lq is not None
+    if degradations is not None and not degradations.makes_lr:
+        degradations = None  # GT-only options (USM) are the training step's business
+    if degradations is not None and (paired or crop % scale):
+        raise ValueError("on-the-fly degradations need unpaired HR data and a crop that is a multiple of the scale")
     if paired and (scale < 2 or crop % scale):
         raise ValueError(f"paired data needs a scale of 2 or more that divides the HR crop ({crop}), not {scale}")
     unpaired: Counter = Counter()
@@ -539,7 +581,8 @@ def train_loader(gt: str | list[str], *, crop: int, batch_size: int, rank: int =
                     "seeded order instead of a disjoint share", len(units), world_size, max(1, num_workers))
     dataset = HrCrops(units, crop=crop, scale=scale, paired=paired, batch_size=batch_size, rank=rank,
                       world_size=world_size, seed=seed, epoch=epoch, use_hflip=use_hflip, use_rot=use_rot,
-                      shuffle_buffer=shuffle_buffer, with_keys=with_keys)
+                      shuffle_buffer=shuffle_buffer, with_keys=with_keys, degradations=degradations,
+                      degrade_in_workers=degrade_in_workers)
     return TrainStream(dataset, steps=steps, num_workers=num_workers, pin_memory=pin_memory,
                        mp_context=mp_context, unpaired=unpaired["unpaired"])
 

@@ -143,9 +143,8 @@ class Degradations(BaseModel):
     video_clip_frames: Annotated[int, Field(ge=1, le=16)] = 2  # the LR image is the last frame of the clip
     video_clip_motion: Annotated[int, Field(ge=0, le=16)] = 2  # max shift (LR pixels) of the earlier frames
 
-    # --- srcluster: where and how ---
-    degradation_device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the training GPU if there is one
-    jpeg_backend: Literal["auto", "pil", "diffjpeg"] = "auto"  # auto: libjpeg (PIL) on CPU, DiffJPEG on GPU
+    # --- srcluster: how (where is the job's `srcluster.degrade_on`: it changes speed, not what is learned) ---
+    jpeg_backend: Literal["auto", "pil", "diffjpeg"] = "auto"  # auto: libjpeg-turbo ("pil"; via OpenCV) on CPU, DiffJPEG on GPU
 
     @model_validator(mode="before")
     @classmethod
@@ -213,11 +212,15 @@ class Degradations(BaseModel):
     def uses_codec(self) -> bool:
         return self.video_codec_prob > 0
 
-    def device(self, use_gpu: bool) -> str:
-        """Where to degrade: "cuda" means in the training step, "cpu" in the data workers."""
-        if self.degradation_device == "auto":
-            return "cuda" if use_gpu else "cpu"
-        return self.degradation_device
+    @property
+    def makes_lr(self) -> bool:
+        """Whether LR comes from this pipeline: Real-ESRGAN's (high_order_degradation) or bicubic + a video codec.
+        Otherwise LR is the plain bicubic downscale (or paired data) and only the GT options below may apply."""
+        return self.high_order_degradation or self.uses_codec
+
+    @property
+    def sharpens_gt(self) -> bool:
+        return self.l1_gt_usm or self.percep_gt_usm or self.gan_gt_usm
 
 
 _DEBUG = "look at degradations with `srcluster degrade preview` instead"
@@ -240,7 +243,7 @@ DATASET_KEYS: tuple[str, ...] = (
 ALIASES: dict[str, str] = {"second_blur_prob": "blur_prob2"}  # Real-ESRGAN's spelling -> traiNNer-redux's
 TOP_LEVEL_KEYS: tuple[str, ...] = tuple(
     name for name in Degradations.model_fields if name not in DATASET_KEYS) + tuple(ALIASES)
-SRCLUSTER_KEYS: tuple[str, ...] = tuple(n for n in TOP_LEVEL_KEYS if n.startswith(("video_", "degradation_", "jpeg_b")))
+SRCLUSTER_KEYS: tuple[str, ...] = tuple(n for n in TOP_LEVEL_KEYS if n.startswith(("video_", "jpeg_b")))
 DATASET = "datasets.train"
 
 

@@ -1,9 +1,11 @@
 """Batched filters: per-sample blur kernels, unsharp masking by two 1-D passes, and traiNNer's thick lines.
 
 Every filter pads by reflection (the edge pixel is not repeated), as BasicSR's `filter2D` does. Blurs are direct
-grouped convolutions, one call per kernel size present (measured faster on CPU than FFT convolution for these sizes,
-and than cv2.filter2D per image). A sample's result depends only on that sample, never on the rest of its batch (a
-grouped convolution computes each channel alone), so the same seed gives the same pixels however batches are cut.
+grouped convolutions (oneDNN; on CPU faster than FFT convolution for these sizes, and than cv2.filter2D per image),
+few and large: oneDNN builds a convolution for each new shape, which costs more than the taps a per-kernel-size split
+saves, so callers keep shapes few and recurring (`blur(..., full=True)`). A sample's result depends only on that
+sample, never on the rest of its batch (a grouped convolution computes each channel alone; zero-padded taps add
+exact zeros), so the same seed gives the same pixels however batches are cut.
 """
 
 from __future__ import annotations
@@ -51,40 +53,36 @@ def crop_kernels(kernels: torch.Tensor, size: int) -> torch.Tensor:
     return kernels[:, start : start + size, start : start + size]
 
 
-def kernel_groups(sizes: np.ndarray, separable: np.ndarray) -> list[tuple[int, bool, np.ndarray]]:
-    """(kernel size, separable, positions) per distinct pair: a direct convolution costs k^2 a pixel, so a 7 x 7
-    kernel is not run as the 21 x 21 its batch neighbour needs (Real-ESRGAN draws sizes 7..21 uniformly: half the
-    work), and isotropic Gaussians (45% of Real-ESRGAN's kernels) run as two 1-D passes."""
-    keys = sorted(set(zip(sizes.tolist(), separable.tolist())))
-    return [(int(k), bool(sep), np.flatnonzero((sizes == k) & (separable == sep))) for k, sep in keys]
+def kernel_groups(sizes: np.ndarray, separable: np.ndarray,
+                  full: int | None = None) -> list[tuple[int, bool, np.ndarray]]:
+    """(kernel size, separable, positions). With `full`, one 2-D convolution at that size for every sample: its
+    shape depends only on the batch, so it is built once (oneDNN builds a convolution for every new shape, which on
+    CPU costs more than the taps a finer split saves). Otherwise one convolution for the separable kernels (isotropic
+    Gaussians: two 1-D passes) and one for the rest, each at the largest size among them; smaller kernels are
+    zero-padded, which leaves their sums unchanged."""
+    if full is not None:
+        return [(full, False, np.arange(len(sizes)))]
+    out = []
+    for sep in (True, False):
+        rows = np.flatnonzero(separable == sep)
+        if len(rows):
+            out.append((int(sizes[rows].max()), sep, rows))
+    return out
 
 
-def blur(x: torch.Tensor, kernels: torch.Tensor, sizes: np.ndarray, separable: np.ndarray) -> torch.Tensor:
+def blur(x: torch.Tensor, kernels: torch.Tensor, sizes: np.ndarray, separable: np.ndarray,
+         full: bool = False) -> torch.Tensor:
     """BasicSR's `filter2D` (reflect padding, per-sample kernel) for equal-size images; `kernels` (n, K, K) hold each
-    sample's size-`sizes[i]` kernel zero-padded to K."""
-    groups = kernel_groups(sizes, separable)
+    sample's size-`sizes[i]` kernel zero-padded to K. `full`: the whole batch in one K x K convolution."""
+    groups = kernel_groups(sizes, separable, kernels.shape[-1] if full else None)
     out = torch.empty_like(x) if len(groups) > 1 else None
     for k, sep, rows in groups:
         part = x if out is None else x[to_device(rows, x.device)]
-        padded = _reflect_pad(_reflect_pad(part, k // 2, 2), k // 2, 3)
+        padded = reflect_pad(part, k // 2)
         part = depthwise(padded, to_device(crop_kernels(kernels[rows], k), x.device), sep)
         if out is None:
             return part
         out[to_device(rows, x.device)] = part
-    return out
-
-
-def blur_canvas(z: torch.Tensor, kernels: torch.Tensor, sizes: np.ndarray, separable: np.ndarray,
-                box: tuple[int, int]) -> torch.Tensor:
-    """Blur canvases whose images are already surrounded by mirrored padding: returns (n, C, L, L), the blurred
-    canvas positions [start, start + L) for box = (start, L); the padding must cover each kernel's radius there."""
-    start, length = box
-    out = z.new_empty(z.shape[0], z.shape[1], length, length)
-    for k, sep, rows in kernel_groups(sizes, separable):
-        index = to_device(rows, z.device)
-        r = k // 2
-        region = z[index, :, start - r : start + length + r, start - r : start + length + r]
-        out[index] = depthwise(region, to_device(crop_kernels(kernels[rows], k), z.device), sep)
     return out
 
 
@@ -119,6 +117,13 @@ def _reflect_pad(x: torch.Tensor, p: int, dim: int) -> torch.Tensor:
         return F.pad(x, pad, mode="reflect")
     index = torch.from_numpy(reflect_index(x.shape[dim] + 2 * p, x.shape[dim], p)).to(x.device)
     return x.index_select(dim, index)
+
+
+def reflect_pad(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Mirror p pixels around both spatial axes without repeating the edge (F.pad's "reflect", any p)."""
+    if p < min(x.shape[-2:]):
+        return F.pad(x, (p, p, p, p), mode="reflect")
+    return _reflect_pad(_reflect_pad(x, p, 2), p, 3)
 
 
 def separable(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:

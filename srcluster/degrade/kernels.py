@@ -181,7 +181,10 @@ def build(draw: KernelDraw, full: int) -> torch.Tensor:
             out[rows] = BLUR_KERNELS.build(kind).profile(q[rows], beta[rows])
     half = torch.from_numpy(draw.size // 2).view(-1, 1, 1)
     out = out * ((x.abs() <= half) & (y.abs() <= half))  # a size-k kernel padded to full x full
-    return (out / out.sum(dim=(1, 2), keepdim=True)).float()
+    out = (out / out.sum(dim=(1, 2), keepdim=True)).float()
+    # Gaussian tails below float32's normal range are denormals, which x86 multiplies many times slower; as taps
+    # they add nothing a float32 sum can hold
+    return out.masked_fill_(out.abs() < torch.finfo(torch.float32).tiny, 0)
 
 
 def _circular_lowpass(omega: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

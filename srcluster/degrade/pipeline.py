@@ -12,13 +12,14 @@ the video codec if one is configured.
 
 Real-ESRGAN draws resize factors, noise and JPEG qualities once per *batch* and needs a pool of past batches to mix
 them; here every sample draws all of its own parameters from its own seed (see `seeds.sample_seed`), so a sample's LR
-does not depend on its batch, its rank or the number of workers. Between the first and the final resize samples
-have different sizes: they go through in groups that need the same canvas (sides on a ladder of 4 per octave; see
-`resample` for the layouts), a handful of groups per batch rather than one call per sample, and a sample's arithmetic
-depends only on its own sizes, so the same seed gives bit-identical LR however batches are cut. All sizes are known on
-the host from the plan, so `apply` never waits for the device (no `.item()`). The only per-sample loops are drawing
-each sample's noise from its own stream, and the real codecs (libjpeg on CPU, video), which code one image at a time
-by nature.
+does not depend on its batch, its rank or the number of workers. The steps at the HR size (USM, thick lines, first
+blur) and at the LR size (sinc, final JPEG) run on the whole batch. Between the first and the final resize every
+sample has its own size: samples go through in groups of one size (a resize call per distinct size and mode, the
+other steps once per group), and every step computes each sample alone, so the same seed gives bit-identical LR
+however batches are cut. The random resizes are F.interpolate, as Real-ESRGAN's (antialiased when bilinear or bicubic
+shrink; MATLAB's Lanczos-3 for "lanczos"); the plain bicubic LR stays MATLAB's imresize. All sizes are known on the
+host from the plan, so `apply` never waits for the device (no `.item()`). The real codecs (libjpeg on CPU, video)
+code one image at a time by nature.
 """
 
 from __future__ import annotations
@@ -28,21 +29,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from srcluster.degrade import kernels as K
 from srcluster.degrade.config import Degradations
-from srcluster.degrade.filters import blur, blur_canvas, thicklines, usm_sharpen, usm_taps
+from srcluster.degrade.filters import blur, depthwise, reflect_pad, thicklines, usm_sharpen, usm_taps
 from srcluster.degrade.host import to_device
 from srcluster.degrade.jpeg import diff_jpeg, from_uint8, jpeg_codec, pil_quality, to_uint8
 from srcluster.degrade.noise import GAUSSIAN, NONE, POISSON, Noise, add_noise
-from srcluster.degrade.resample import MODE_KERNELS, axis_tables, dense_matrices, resample, resample_dense
-from srcluster.degrade.resize import contributions
 from srcluster.degrade.resize import imresize
 from srcluster.degrade.seeds import child_seed, sample_rng
 from srcluster.degrade.video import CODECS, encode_clip
 
 UP, DOWN, KEEP = 0, 1, 2
-MCU = 16  # JPEG's 4:2:0 macroblock: canvas offsets are multiples of it so DiffJPEG's blocks line up with the image
 
 
 @dataclass
@@ -281,68 +280,57 @@ def _backend(plan: Plan, device: torch.device) -> str:
     return plan.jpeg_backend
 
 
-def _jpeg(z: torch.Tensor, rows: np.ndarray, jpeg: Jpeg, sizes: np.ndarray, offset: int, backend: str,
-          select: np.ndarray | None = None) -> torch.Tensor:
-    """JPEG, in place, the images of canvas z (holding samples `rows`) whose step is on (and `select`ed)."""
+def _jpeg(z: torch.Tensor, rows: np.ndarray, jpeg: Jpeg, backend: str, select: np.ndarray | None = None) -> torch.Tensor:
+    """JPEG, in place, the images of z (samples `rows`, all of one size) whose step is on (and `select`ed)."""
     on = jpeg.on[rows] if select is None else jpeg.on[rows] & select[rows]
     local = np.flatnonzero(on)
     if not len(local):
         return z
-    if backend == "diffjpeg":  # the whole canvas: offsets are MCU-aligned, so the image's blocks are its own
-        index = _index(local, z.device)
-        quality = to_device(jpeg.quality[rows[local]], z.device, torch.float32)
-        z[index] = diff_jpeg(z[index], quality)
-        return z
-    index = _index(local, z.device)
-    arrays = to_uint8(z[index])  # one conversion for the group; the codec then codes one image at a time
-    for j, b in enumerate(rows[local]):
-        s = int(sizes[b])
-        region = arrays[j, offset : offset + s, offset : offset + s]
-        region[...] = jpeg_codec(np.ascontiguousarray(region), jpeg.quality[b])
-    z[index] = from_uint8(arrays, z)  # outside the images: only rounded to 8 bits, and never read as image
+    index = None if len(local) == len(rows) else _index(local, z.device)
+    part = z if index is None else z[index]
+    if backend == "diffjpeg":
+        part = diff_jpeg(part, to_device(jpeg.quality[rows[local]], z.device, torch.float32))
+    else:
+        arrays = to_uint8(part)  # one conversion for the group; the codec then codes one image at a time
+        for j, b in enumerate(rows[local]):
+            arrays[j] = jpeg_codec(arrays[j], jpeg.quality[b])
+        part = from_uint8(arrays, z)
+    if index is None:
+        return part
+    z[index] = part
     return z
 
 
-DENSE_TAPS = 12  # above this many taps a sample's resize runs as a matmul (BLAS), at or below as per-tap copies
-
-
-def _resize(z: torch.Tensor, resize: Resize, rows: np.ndarray, in_sizes: np.ndarray, out_sizes: np.ndarray,
-            canvas: int, out_offset: int, in_offset: int, exact: bool = False) -> torch.Tensor:
-    """Resize the images of canvas z (samples `rows`) into a new canvas, clipped to [0, 1] as traiNNer clips after
-    each resize. "keep" samples are only moved (one exact tap of weight 1); the others are MATLAB's imresize, as a
-    matmul when they have many taps (strong downscales) and tap by tap otherwise, whichever is cheaper. A matmul's
-    rounding may depend on its shapes, so when the canvases depend on the group (`exact`), only taps are used."""
-    modes = ["nearest-exact" if resize.mode[b] == "keep" else resize.mode[b] for b in rows]
-    taps = np.asarray([contributions(int(i), int(o), MODE_KERNELS[m])[0].shape[1]
-                       for i, o, m in zip(in_sizes, out_sizes, modes)])
-    out = None
-    threshold = np.inf if exact else DENSE_TAPS
-    for dense, local in ((False, np.flatnonzero(taps <= threshold)), (True, np.flatnonzero(taps > threshold))):
-        if not len(local):
-            continue
-        part = z if len(local) == len(rows) else z[_index(local, z.device)]
-        chosen = [modes[j] for j in local]
-        if dense:
-            part = resample_dense(part, dense_matrices(in_sizes[local], out_sizes[local], chosen, canvas, z.shape[-1],
-                                                       out_offset, in_offset))
-        else:
-            tables = axis_tables(in_sizes[local], out_sizes[local], chosen, canvas, out_offset, in_offset)
-            part = resample(part, tables, tables)
-        if len(local) == len(rows):
-            return part.clamp_(0, 1)
-        if out is None:
-            out = z.new_empty(len(rows), z.shape[1], canvas, canvas)
-        out[_index(local, z.device)] = part
+def _resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """One random resize: F.interpolate, as Real-ESRGAN resizes, but antialiased when bilinear or bicubic shrink
+    (as MATLAB's imresize and PIL do; unfiltered, a 4x shrink keeps the noise of one pixel in 16 at full strength);
+    MATLAB's Lanczos-3 for traiNNer's "lanczos" (F.interpolate has none). Clipped to [0, 1] as traiNNer clips."""
+    if mode == "keep" or (x.shape[-1] == size and mode != "lanczos"):
+        return x
+    if mode == "lanczos":
+        out = imresize(x, size=(size, size), kernel="lanczos3")
+    elif mode in ("bilinear", "bicubic"):
+        out = F.interpolate(x, size=(size, size), mode=mode, align_corners=False, antialias=size < x.shape[-1])
+    else:  # area, nearest-exact
+        out = F.interpolate(x, size=(size, size), mode=mode)
     return out.clamp_(0, 1)
 
 
-# Canvas sides, 4 per octave: samples are grouped by the canvases their images need, so a small image is not
-# processed in a big one's canvas, and a sample's canvas (hence its arithmetic) depends only on its own sizes.
-LADDER = sorted(int(m * 2**e) for e in range(3, 14) for m in (1, 1.25, 1.5, 1.75))
+Piece = tuple[np.ndarray, torch.Tensor]  # samples (plan rows) and their images, all of one size
 
 
-def _canvas(n: int) -> int:
-    return next((c for c in LADDER if c >= n), -(-n // 1024) * 1024)
+def _resize_pieces(pieces: list[Piece], sizes: np.ndarray, modes: list[str]) -> list[Piece]:
+    """Resize every sample to its own size with its own mode, one call per (piece, size, mode), and gather the results
+    by size: the next steps then run once per size, whatever piece the samples came from."""
+    by_size: dict[int, list[Piece]] = {}
+    for rows, z in pieces:
+        keys = [(int(sizes[b]), modes[b]) for b in rows]
+        for key in sorted(set(keys)):
+            local = np.flatnonzero([k == key for k in keys])
+            part = z if len(local) == len(rows) else z[_index(local, z.device)]
+            by_size.setdefault(key[0], []).append((rows[local], _resize(part, *key)))
+    return [(np.concatenate([r for r, _ in parts]), torch.cat([p for _, p in parts]) if len(parts) > 1 else parts[0][1])
+            for _, parts in sorted(by_size.items())]
 
 
 def apply(hr: torch.Tensor, plan: Plan) -> torch.Tensor:
@@ -354,60 +342,58 @@ def apply(hr: torch.Tensor, plan: Plan) -> torch.Tensor:
         raise ValueError(f"plan is for {len(plan)} x {plan.gt_size}x{plan.gt_size} crops, got {tuple(hr.shape)}")
     if not plan.high_order:
         return _codec(imresize(hr, 1 / plan.scale, kernel="bicubic").clamp_(0, 1), plan.codec)
-    device, lq = hr.device, plan.lq_size
+    device, lq, everyone = hr.device, plan.lq_size, np.arange(len(plan))
     backend = _backend(plan, device)
-    x = _first_at_hr(hr, plan)  # out of place: hr is the caller's
+    x = _first_at_hr(hr, plan)
+    if x is hr:  # the steps below work in place, and hr is the caller's
+        x = hr.clone()
 
-    # Between the first resize and the final one every sample has its own sizes. Samples go through in groups that
-    # need the same canvas: by the first size for the first degradation, by the second size for the second. Canvas
-    # layouts: first, image at [pad, pad + size1), mirrored around (the padding of the second blur; MCU-aligned for
-    # DiffJPEG); second, image at [0, size2); final, LR at [r, r + lq), mirrored around (the padding of the sinc).
-    size1, size2 = plan.resize1.size, plan.resize2.size
-    pad = plan.kernels2.shape[-1] // 2
-    if backend == "diffjpeg":
-        pad = -(-pad // MCU) * MCU
-    r = plan.kernels3.shape[-1] // 2
-    c1 = np.asarray([_canvas(int(s) + 2 * pad) for s in size1])
-    c2 = np.asarray([_canvas(int(s)) for s in size2])
-    second = {n: x.new_empty(int((c2 == n).sum()), 3, n, n) for n in np.unique(c2).tolist()}
-    slot = np.zeros(len(plan), dtype=np.int64)  # each sample's place in its second-degradation group
-    for n in second:
-        slot[c2 == n] = np.arange(int((c2 == n).sum()))
-
-    for n1 in np.unique(c1).tolist():  # size groups, not samples: see the module docstring
-        rows = np.flatnonzero(c1 == n1)
-        hr_sizes = np.full(len(rows), plan.gt_size)
-        z = _resize(x if len(rows) == len(plan) else x[_index(rows, device)], plan.resize1, rows, hr_sizes,
-                    size1[rows], n1, pad, 0)
-        z = add_noise(z, plan.noise1, rows, size1, pad)
-        z = _jpeg(z, rows, plan.jpeg1, size1, pad, backend)
-        z = _second_blur(z, plan, rows, pad)
-        # into a canvas as large as the largest second canvas of this group (per-tap resampling: exact whatever the
-        # canvas), then each sample to its second group
-        z = _resize(z, plan.resize2, rows, size1[rows], size2[rows], int(c2[rows].max()), 0, pad, exact=True)
-        for n2 in np.unique(c2[rows]).tolist():
-            local = np.flatnonzero(c2[rows] == n2)
-            second[n2][_index(slot[rows[local]], device)] = z[_index(local, device), :, :n2, :n2]
-
-    z3 = x.new_empty(len(plan), 3, lq + 2 * r, lq + 2 * r)
-    for n2, z in second.items():
-        rows = np.flatnonzero(c2 == n2)
-        z = add_noise(z, plan.noise2, rows, size2, 0)
-        z = _jpeg(z, rows, plan.jpeg2, size2, 0, backend, select=plan.jpeg2_first)
-        z3[_index(rows, device)] = _resize(z, plan.resize3, rows, size2[rows], np.full(len(rows), lq), lq + 2 * r,
-                                           r, 0)
+    # Between the first resize and the final one every sample has its own size: the steps run once per group of
+    # samples that share a size (see the module docstring).
+    pieces = _resize_pieces([(everyone, x)], plan.resize1.size, plan.resize1.mode)
+    for i, (rows, z) in enumerate(pieces):
+        z = add_noise(z, plan.noise1, rows, plan.resize1.size)
+        z = _jpeg(z, rows, plan.jpeg1, backend)
+        pieces[i] = (rows, _second_blur(z, rows, plan))
+    pieces = _resize_pieces(pieces, plan.resize2.size, plan.resize2.mode)
+    for i, (rows, z) in enumerate(pieces):
+        z = add_noise(z, plan.noise2, rows, plan.resize2.size)
+        pieces[i] = (rows, _jpeg(z, rows, plan.jpeg2, backend, select=plan.jpeg2_first))
+    lr = x.new_empty(len(plan), 3, lq, lq)
+    for rows, z in _resize_pieces(pieces, plan.resize3.size, plan.resize3.mode):
+        lr[_index(rows, device)] = z
 
     # final, at the LR size for the whole batch again
-    lr = z3[..., r : r + lq, r : r + lq].contiguous()
-    sinc = np.flatnonzero(plan.sinc)
-    if len(sinc):
-        index = _index(sinc, device)
-        lr[index] = blur_canvas(z3[index], plan.kernels3[sinc], plan.kernel3.sizes[sinc],
-                                plan.kernel3.separable[sinc], (r, lq))
-    everyone = np.arange(len(plan))
-    lr = _jpeg(lr, everyone, plan.jpeg2, np.full(len(plan), lq), 0, backend, select=~plan.jpeg2_first)
+    if plan.sinc.any():  # the whole batch in one convolution of a fixed shape; "no sinc" is the identity kernel
+        lr = blur(lr, plan.kernels3, plan.kernel3.sizes, plan.kernel3.separable, full=True)
+    lr = _jpeg(lr, everyone, plan.jpeg2, backend, select=~plan.jpeg2_first)
     lr = (lr.clamp_(0, 1) * 255).round_() / 255  # traiNNer: clamp and round the LR to 8 bits
     return _codec(lr, plan.codec)
+
+
+# Canvas sides for the second blur, 8 per octave: images of any size are blurred in a canvas from this short list, so
+# the convolutions have a few shapes that recur (oneDNN builds each new shape once, at a cost of many convolutions).
+LADDER = sorted({int(round(m * 2**e)) for e in range(4, 14) for m in np.linspace(1, 2, 9)[:-1]})
+
+
+def _second_blur(z: torch.Tensor, rows: np.ndarray, plan: Plan) -> torch.Tensor:
+    """The second blur of the samples of z (all of one size) that have it: mirrored around by the largest kernel's
+    radius as BasicSR's filter2D pads, placed in a canvas of a LADDER side (zeros beyond, never read by the output),
+    one convolution at the largest kernel size."""
+    local = np.flatnonzero(plan.blur2[rows])
+    if not len(local):
+        return z
+    index = None if len(local) == len(rows) else _index(local, z.device)
+    part = z if index is None else z[index]
+    kernels = plan.kernels2[rows[local]]
+    r, s = kernels.shape[-1] // 2, z.shape[-1]
+    canvas = next((c for c in LADDER if c >= s + 2 * r), s + 2 * r)
+    padded = F.pad(reflect_pad(part, r), (0, canvas - s - 2 * r, 0, canvas - s - 2 * r))
+    part = depthwise(padded, to_device(kernels, z.device))[..., :s, :s]
+    if index is None:
+        return part.contiguous()
+    z[index] = part
+    return z
 
 
 def _update(x: torch.Tensor, rows: np.ndarray, fn) -> torch.Tensor:
@@ -427,24 +413,7 @@ def _first_at_hr(x: torch.Tensor, plan: Plan) -> torch.Tensor:
                 lambda v, rows: usm_sharpen(v, usm_taps(plan.usm_radius[rows], plan.usm_length)))
     x = _update(x, np.flatnonzero(plan.thick), lambda v, rows: thicklines(v))
     return _update(x, np.flatnonzero(plan.blur1), lambda v, rows: blur(v, plan.kernels1[rows], plan.kernel1.sizes[rows],
-                                                                       plan.kernel1.separable[rows]))
-
-
-def _second_blur(z: torch.Tensor, plan: Plan, rows: np.ndarray, pad: int) -> torch.Tensor:
-    """Blur, in the first canvas, the samples of `rows` whose second blur is on: mirror the (noisy, compressed)
-    images into the padding again, then convolve the inside of the canvas."""
-    local = np.flatnonzero(plan.blur2[rows])
-    if not len(local):
-        return z
-    index = _index(local, z.device)
-    sizes = plan.resize1.size[rows[local]]
-    n = z.shape[-1]
-    mirror = axis_tables(sizes, sizes, ["nearest-exact"] * len(local), n, pad, pad)  # one tap of weight 1: exact
-    b = rows[local]
-    z[index, :, pad : n - pad, pad : n - pad] = blur_canvas(resample(z[index], mirror, mirror), plan.kernels2[b],
-                                                            plan.kernel2.sizes[b], plan.kernel2.separable[b],
-                                                            (pad, n - 2 * pad))
-    return z
+                                                                       plan.kernel1.separable[rows], full=True))
 
 
 def _codec(lr: torch.Tensor, codec: Codec) -> torch.Tensor:

@@ -23,6 +23,8 @@ from torch import nn
 from srcluster.config import Job
 from srcluster.degrade.resize import imresize
 from srcluster.train import archs, losses, weights
+from srcluster.train.batch import to_batch
+from srcluster.train.best import Best, publish as publish_best
 from srcluster.train.validate import ValImage, build_metrics, prepare, validate
 
 STATE_FILE = "state.pt"
@@ -96,6 +98,8 @@ class Stage:
     scaler: torch.amp.GradScaler | None = None  # fp16 autocast only; bf16 and fp32 need no loss scaling
     iteration: int = 0
     nonfinite_streak: int = 0
+    best: Best | None = None  # the best generator by the job's best_metric, and the plateau counter
+    world: int = 1  # worker count this state was trained with (an elastic resume may differ)
 
     @property
     def eval_net(self) -> nn.Module:
@@ -104,7 +108,9 @@ class Stage:
     def state(self) -> dict[str, Any]:
         state = {name: part.state_dict() for name, part in self.parts().items() if part is not None}
         state.update(iteration=self.iteration, ema_step=self.ema.step if self.ema else 0,
-                     torch_rng=torch.get_rng_state())
+                     torch_rng=torch.get_rng_state(), world=self.world)
+        if self.best is not None:
+            state["best"] = self.best.state()
         return state
 
     def parts(self) -> dict[str, Any]:
@@ -120,6 +126,9 @@ class Stage:
         if self.ema:
             self.ema.step = int(state.get("ema_step", self.iteration))
         torch.set_rng_state(state["torch_rng"])
+        self.world = int(state.get("world", self.world))
+        if self.best is not None and "best" in state:
+            self.best.load_state(state["best"])
 
 
 def build_stage(job: Job, device: torch.device, wrap=lambda net: net, log=print) -> Stage:
@@ -143,6 +152,8 @@ def build_stage(job: Job, device: torch.device, wrap=lambda net: net, log=print)
         else:
             pixel.append((spec.type, spec.loss_weight, module))
     stage = Stage(job, device, wrap(raw_g), raw_g, ema, optim_g, build_scheduler(optim_g, job), pixel, gan)
+    if job.use_compile:  # the training forward only: EMA, validation and checkpoints use the plain module
+        stage.net_g = torch.compile(stage.net_g, mode=job.compile_mode)
     if job.use_amp and not job.amp_bf16 and device.type == "cuda":
         stage.scaler = torch.amp.GradScaler("cuda")
     if gan is not None:
@@ -176,17 +187,15 @@ def train_step(stage: Stage, batches, accum: int) -> dict[str, float]:
         start = time.perf_counter()
         item = next(batches)
         data_wait += time.perf_counter() - start
-        if isinstance(item, tuple):  # a paired dataset: LR made offline, cropped in step with the HR
-            hr, lr = (t.to(device, non_blocking=True).float().div_(255) for t in item)
-        else:
-            hr = item.to(device, non_blocking=True).float().div_(255)
-            lr = make_lr(hr, job.scale)
+        batch = to_batch(item, job, device)  # LR (bicubic, paired or degraded) and each loss's target: train/batch.py
+        hr, lr = batch.gan_gt, batch.lr
         if job.use_channels_last:
             hr, lr = hr.contiguous(memory_format=torch.channels_last), lr.contiguous(memory_format=torch.channels_last)
         last = micro == accum - 1
         with no_sync(stage.net_g, not last), amp_context(job, device):
             sr = stage.net_g(lr)
-            terms = {f"l_g_{name}": weight * loss(sr.float(), hr) for name, weight, loss in stage.pixel_losses}
+            terms = {f"l_g_{name}": weight * loss(sr.float(), batch.target(name))
+                     for name, weight, loss in stage.pixel_losses}
             if stage.gan is not None:
                 # D scores the fake through its raw module with frozen weights: no DDP hook waits for D gradients here.
                 stage.raw_d.requires_grad_(False)
@@ -267,7 +276,7 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from srcluster.data.stream import iter_images, train_loader
+    from srcluster.data.stream import iter_images, split_units, train_loader
     from srcluster.track import Tracker
 
     job = Job.model_validate(config["job"])
@@ -289,41 +298,63 @@ def train_worker(config: dict[str, Any]) -> None:
         return ray.train.torch.prepare_model(net, move_to_device=False) if world > 1 else net
 
     stage = build_stage(job, device, wrap, log)
+    stage.world = world
+    val_metrics: dict = {}
+    if rank == 0 and job.datasets.val is not None and job.val.val_enabled:
+        val_metrics = build_metrics(job.val.metrics if job.val.metrics_enabled else {}, job.scale)
+    if job.best_metric:
+        options = job.srcluster.plateau
+        higher = val_metrics[job.best_metric.removeprefix("val_")].better == "higher" if rank == 0 else True
+        stage.best = Best(job.best_metric, higher, options.min_delta, options.patience)
+
+    tracker = Tracker(config["tracking_uri"], buffered=True) if rank == 0 else None
+    run_id = config["run_id"]
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             stage.load_state(torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True))
         log(f"resumed from checkpoint at iteration {stage.iteration}")
+    batch_size, accum = job.batch_plan(world)
+    if checkpoint is not None and stage.world != world:
+        change = f"{stage.world} -> {world} workers: batch_size_per_gpu {batch_size}, accum_iter {accum}"
+        log(f"worker group resized at iteration {stage.iteration}, {change}, effective batch {job.effective_batch} kept")
+        if tracker:
+            tracker.set_tags(run_id, {f"srcluster.resize.{stage.iteration}": change})
+        stage.world = world
 
-    tracker = Tracker(config["tracking_uri"]) if rank == 0 else None
-    run_id = config["run_id"]
+    validating = job.datasets.val is not None and job.val.val_enabled
     val_images: list[ValImage] = []
-    if rank == 0 and job.datasets.val is not None and job.val.val_enabled:
+    if rank == 0 and validating:
         val_images = prepare(iter_images(_first(job.datasets.val.dataroot_gt)), job.scale)
-        val_metrics = build_metrics(job.val.metrics if job.val.metrics_enabled else {}, job.scale)
 
     data = job.datasets.train
     total = job.train.total_iter
     remaining = total - stage.iteration
     loader = train_loader(
-        data.dataroot_gt, crop=data.lq_size * job.scale, batch_size=data.batch_size_per_gpu, rank=rank,
+        data.dataroot_gt, crop=data.lq_size * job.scale, batch_size=batch_size, rank=rank,
         world_size=world, num_workers=data.num_worker_per_gpu, seed=job.manual_seed or 0, epoch=stage.iteration,
-        steps=max(remaining, 0) * data.accum_iter, use_hflip=data.use_hflip, use_rot=data.use_rot,
-        lq=data.dataroot_lq, scale=job.scale,
+        steps=max(remaining, 0) * accum, use_hflip=data.use_hflip, use_rot=data.use_rot,
+        lq=data.dataroot_lq, scale=job.scale, degradations=data.degradations,
+        degrade_in_workers=job.degrade_in_workers,
     )
     batches = iter(loader)
+    shards, disjoint = split_units(loader.dataset.units, rank, world, 0, 1)
+    # every rank says which data it reads: on a multi-node cluster each node should stream its own share
+    print(f"[{job.name}] rank {rank} on node {ray.get_runtime_context().get_node_id()[:12]} reads "
+          f"{len(shards)} of {len(loader.dataset.units)} shards/images{'' if disjoint else ' (all: too few to split)'}: "
+          f"{', '.join(u.url.rsplit('/', 1)[-1] for u in shards[:4])}{' …' if len(shards) > 4 else ''}", flush=True)
     log(f"rank {rank}/{world} on {device}: {remaining} iterations left, effective batch "
-        f"{data.batch_size_per_gpu} x {world} workers x {data.accum_iter} accum = {data.batch_size_per_gpu * world * data.accum_iter}")
+        f"{batch_size} x {world} workers x {accum} accum = {batch_size * world * accum}")
 
     window_start, window_steps, window_wait = time.perf_counter(), 0, 0.0
     train_start = time.perf_counter()
     start_iteration = stage.iteration
     while stage.iteration < total:
         try:
-            step = train_step(stage, batches, data.accum_iter)
+            step = train_step(stage, batches, accum)
         except torch.OutOfMemoryError as exc:
             raise torch.OutOfMemoryError(
-                f"{exc}\nout of memory at lq_size {data.lq_size}, batch_size_per_gpu {data.batch_size_per_gpu}: lower "
+                f"{exc}\nout of memory at lq_size {data.lq_size}, batch_size_per_gpu {batch_size}: lower "
                 "datasets.train.lq_size or batch_size_per_gpu and raise accum_iter to keep the effective batch") from None
         check_finite(stage, job.srcluster.nonfinite_patience)
         window_steps += 1
@@ -331,9 +362,8 @@ def train_worker(config: dict[str, Any]) -> None:
         it = stage.iteration
         is_last = it == total
         log_now = it % job.logger.print_freq == 0 or is_last
-        val_now = bool(val_images) and (it % job.val.val_freq == 0 or is_last)
-        save_now = it % job.logger.save_checkpoint_freq == 0 or is_last
-        if not (log_now or val_now or save_now):
+        val_now = validating and (it % job.val.val_freq == 0 or is_last)
+        if not (log_now or val_now or it % job.logger.save_checkpoint_freq == 0 or is_last):
             continue
         metrics: dict[str, float] = {}
         if rank == 0:
@@ -342,8 +372,8 @@ def train_worker(config: dict[str, Any]) -> None:
             eta = (total - it) / max((it - start_iteration) / (time.perf_counter() - train_start), 1e-9)
             metrics.update(step)
             metrics.update(loader.counts())  # skipped samples by reason and S3 retries: reported, not hidden
-            metrics.update({"lr": stage.optim_g.param_groups[0]["lr"], "it_per_s": rate,
-                            "samples_per_s": rate * data.batch_size_per_gpu * data.accum_iter * world,
+            metrics.update({"lr": stage.optim_g.param_groups[0]["lr"], "it_per_s": rate, "workers": world,
+                            "samples_per_s": rate * batch_size * accum * world,
                             "data_wait_fraction": window_wait / elapsed, "peak_memory_mb": peak_memory_mb(device)})
             window_start, window_steps, window_wait = time.perf_counter(), 0, 0.0
             if val_now:
@@ -352,13 +382,34 @@ def train_worker(config: dict[str, Any]) -> None:
                     metrics.update({f"val_{k}": v for k, v in validate(stage.eval_net, val_images, val_metrics, job.scale,
                                                                          grid_path=grid).items()})
                     tracker.log_artifact(run_id, grid, "comparisons")
+                if stage.best is not None and stage.best.update(metrics[stage.best.metric], it):
+                    publish_best(config["best_uri"], stage.eval_net, stage.best)
             losses_text = " ".join(f"{k} {v:.4g}" for k, v in step.items())
             val_text = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val_"))
             log(f"iter {it}/{total} | {losses_text} | lr {metrics['lr']:.2e} | {rate:.2f} it/s | "
                 f"{metrics['samples_per_s']:.0f} samples/s | data wait {100 * metrics['data_wait_fraction']:.0f}% | "
                 f"peak mem {metrics['peak_memory_mb']:.0f} MB | eta {eta:.0f}s {val_text}".rstrip())
             tracker.log_metrics(run_id, metrics, step=it)
-        report(stage, {"iteration": it, **metrics}, save=save_now, rank=rank)
+        plateaued = val_now and stage.best is not None and agree(stage.best.plateaued, device, world)
+        if plateaued and rank == 0:
+            log(f"stopping at iteration {it}: {stage.best.metric} has not improved by more than "
+                f"{stage.best.min_delta} for {stage.best.patience} validations (best {stage.best.value:.4f} at "
+                f"iteration {stage.best.iteration})")
+        save_now = it % job.logger.save_checkpoint_freq == 0 or is_last or plateaued
+        report(stage, {"iteration": it, **metrics, "stopped_early": int(plateaued)}, save=save_now, rank=rank)
+        if plateaued:
+            break
+
+
+def agree(flag: bool, device: torch.device, world: int) -> bool:
+    """Rank 0's decision, on every rank (only rank 0 validates), so all ranks stop at the same iteration."""
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    value = torch.tensor([int(flag)], device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -17,9 +17,11 @@ from pathlib import Path
 
 from srcluster import home
 from srcluster.config import Job
+from srcluster.data.remote import DEADLINE_ENV
 from srcluster.errors import SrclusterError
 from srcluster.storage import StorageSettings, is_s3, local_stack_endpoint
-from srcluster.track import Tracker, job_params
+from srcluster.track import Tracker, job_params, sync_spool
+from srcluster.train.best import read as read_best
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +32,11 @@ class StageResult:
     run_id: str
     iterations: int
     metrics: dict[str, float]
-    checkpoint_uri: str
-    generator_uri: str  # the exported EMA generator (safetensors) inside the final checkpoint
+    checkpoint_uri: str  # the final checkpoint (training state + generator)
+    generator_uri: str  # the EMA generator (safetensors) to pass downstream: the best by validation, else the final one
     run_url: str
     reused: bool = False  # True when an earlier, finished run of the same config was returned
+    best: dict | None = None  # metric, value and iteration of the best validation, when the stage validated
 
 
 def default_storage(settings: StorageSettings) -> str:
@@ -94,13 +97,21 @@ def run_key(job: Job) -> str:
 def finished_result(job: Job, tracker: Tracker, run) -> StageResult:
     from srcluster.train.loop import GENERATOR_FILE
 
-    checkpoint_uri = run.data.tags["srcluster.checkpoint_uri"]
-    return StageResult(job.name, run.info.run_id, job.train.total_iter, dict(run.data.metrics), checkpoint_uri,
-                       f"{checkpoint_uri}/{GENERATOR_FILE}", tracker.run_url(run.info.run_id), reused=True)
+    tags = run.data.tags
+    checkpoint_uri = tags["srcluster.checkpoint_uri"]
+    generator_uri = tags.get("srcluster.generator_uri", f"{checkpoint_uri}/{GENERATOR_FILE}")
+    best = None
+    if "srcluster.best_metric" in tags:
+        best = {"metric": tags["srcluster.best_metric"], "value": float(tags["srcluster.best_value"]),
+                "iteration": int(tags["srcluster.best_iteration"]), "generator_uri": generator_uri}
+    iterations = int(tags.get("srcluster.iterations", job.train.total_iter))
+    return StageResult(job.name, run.info.run_id, iterations, dict(run.data.metrics), checkpoint_uri, generator_uri,
+                       tracker.run_url(run.info.run_id), reused=True, best=best)
 
 
 def run_stage(job: Job, *, run_name: str | None = None, parent_run_id: str | None = None,
-              tags: dict[str, str] | None = None, fresh: bool = False, log=print) -> StageResult:
+              tags: dict[str, str] | None = None, fresh: bool = False, log=print,
+              callbacks: list | None = None) -> StageResult:
     """Train one stage. A rerun of the same config resumes its unfinished run from the latest checkpoint, or returns
     the finished one without training again (`fresh=True` starts over instead)."""
     import ray.train
@@ -111,7 +122,7 @@ def run_stage(job: Job, *, run_name: str | None = None, parent_run_id: str | Non
 
     settings = StorageSettings.resolve(job.srcluster.s3_endpoint)
     storage = job.srcluster.storage or default_storage(settings)
-    tracker = Tracker(job.srcluster.mlflow.tracking_uri)
+    tracker = Tracker(job.srcluster.mlflow.tracking_uri, buffered=True)
     preflight(job, settings, storage, tracker)
 
     experiment = job.srcluster.mlflow.experiment or job.name
@@ -130,21 +141,28 @@ def run_stage(job: Job, *, run_name: str | None = None, parent_run_id: str | Non
                                    parent_run_id=parent_run_id or job.srcluster.mlflow.parent_run_id,
                                    tags={"srcluster.stage": job.name, "srcluster.run_key": key, **(tags or {})})
     # RAY_TRAIN_ENABLE_PRINT_PATCH=0: rank 0's progress lines reach the console once, not once as print and once as log.
-    env = {**settings.public_env(), "MLFLOW_TRACKING_URI": tracker.uri, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+    env = {**settings.public_env(), "MLFLOW_TRACKING_URI": tracker.uri, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+           DEADLINE_ENV: str(job.srcluster.s3_retry_deadline_s),
+           # fail fast while the tracking server is down: the rank-0 tracker spools its calls instead of blocking
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
     storage_path, storage_fs = settings.ray_storage(storage)
-    scaling = ScalingConfig(num_workers=job.srcluster.workers, use_gpu=job.srcluster.use_gpu,
+    best_uri = f"{storage.rstrip('/')}/{key}/best"
+    workers = job.srcluster.workers  # a (min, max) tuple makes the run elastic
+    scaling = ScalingConfig(num_workers=workers, use_gpu=job.srcluster.use_gpu,
                             resources_per_worker={"CPU": job.srcluster.cpus_per_worker,
                                                   **({"GPU": job.srcluster.gpus_per_worker} if job.srcluster.use_gpu else {})})
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"job": job.model_dump(mode="json"), "run_id": run_id, "tracking_uri": tracker.uri},
+        train_loop_config={"job": job.model_dump(mode="json"), "run_id": run_id, "tracking_uri": tracker.uri,
+                           "best_uri": best_uri},
         scaling_config=scaling,
         run_config=RunConfig(
             name=key, storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=job.srcluster.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=3),
+            checkpoint_config=CheckpointConfig(num_to_keep=job.srcluster.checkpoints.keep_last),
             worker_runtime_env={"env_vars": env},
             logging_config=LoggingConfig(log_level="WARNING"),  # per-report INFO lines drown the progress lines
+            callbacks=callbacks,  # e.g. Ray Tune's TuneReportCallback when a Tune trial runs this stage
         ),
     )
     ensure_ray(env)
@@ -155,26 +173,41 @@ def run_stage(job: Job, *, run_name: str | None = None, parent_run_id: str | Non
         raise
     except BaseException as exc:
         tracker.end_run(run_id, "FAILED")
-        if known := known_failure(exc):
+        if known := known_failure(exc) or storage_down(settings, storage):
             raise SrclusterError(f"stage {job.name} stopped: {known}") from None
         raise
     if result.checkpoint is None:
         tracker.end_run(run_id, "FAILED")
         raise SrclusterError(f"stage {job.name} finished without a checkpoint (see the Ray logs above)")
     checkpoint_uri = checkpoint_url(storage, storage_path, result.checkpoint.path)
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    iterations = int(metrics.get("iteration", job.train.total_iter))
+    best = read_best(best_uri) if job.best_metric else None
+    generator_uri = best["generator_uri"] if best else f"{checkpoint_uri}/{GENERATOR_FILE}"
     with tempfile.TemporaryDirectory() as tmp:
         with result.checkpoint.as_directory() as folder:
-            exported = Path(tmp) / f"net_g_ema_{job.train.total_iter}.safetensors"
+            exported = Path(tmp) / f"net_g_ema_{iterations}.safetensors"
             exported.write_bytes((Path(folder) / GENERATOR_FILE).read_bytes())
         tracker.log_artifact(run_id, exported, "model")
-    tracker.set_tags(run_id, {"srcluster.checkpoint_uri": checkpoint_uri})
+        if best:
+            fs, path = settings.filesystem(generator_uri)
+            best_file = Path(tmp) / f"net_g_ema_{best['iteration']}.safetensors"
+            fs.get_file(path, str(best_file))
+            tracker.log_artifact(run_id, best_file, "model/best")
+    tags = {"srcluster.checkpoint_uri": checkpoint_uri, "srcluster.generator_uri": generator_uri,
+            "srcluster.iterations": str(iterations)}
+    if best:
+        tags.update({"srcluster.best_metric": best["metric"], "srcluster.best_value": f"{best['value']:.6g}",
+                     "srcluster.best_iteration": str(best["iteration"])})
+        log(f"{job.name}: best {best['metric']} {best['value']:.4f} at iteration {best['iteration']}")
+    tracker.set_tags(run_id, tags)
     tracker.end_run(run_id)
-    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    return StageResult(job.name, run_id, int(metrics.get("iteration", job.train.total_iter)), metrics,
-                       checkpoint_uri, f"{checkpoint_uri}/{GENERATOR_FILE}", tracker.run_url(run_id))
+    sync_spool(tracker.uri)  # tracking calls that workers on this machine spooled during an MLflow outage
+    return StageResult(job.name, run_id, iterations, metrics, checkpoint_uri, generator_uri, tracker.run_url(run_id),
+                       best=best)
 
 
-KNOWN_WORKER_ERRORS = ("NonFiniteLossError", "OutOfMemoryError", "SrclusterError")
+KNOWN_WORKER_ERRORS = ("NonFiniteLossError", "OutOfMemoryError", "SrclusterError", "StorageError")
 
 
 def known_failure(exc: BaseException) -> str | None:
@@ -188,6 +221,28 @@ def known_failure(exc: BaseException) -> str | None:
     return None
 
 
+def storage_down(settings: StorageSettings, storage: str) -> str | None:
+    """Why a failed run failed when its object store is unreachable (every part of a run fails differently then:
+    data reads, checkpoint uploads, Ray's own snapshots), as one line; None when storage answers."""
+    try:
+        settings.check(storage)
+    except SrclusterError as exc:
+        return f"{exc}; the last complete checkpoint is kept: rerun the same command once storage is back to resume"
+    return None
+
+
 def checkpoint_url(storage: str, storage_path: str, checkpoint_path: str) -> str:
     """Ray reports checkpoint paths inside its filesystem; turn them back into URLs other jobs can read."""
     return f"s3://{checkpoint_path}" if is_s3(storage) else checkpoint_path
+
+
+def recorded_checkpoints(run_folder: str) -> list[int]:
+    """Iterations of the checkpoints Ray Train has recorded as complete for a run folder (`<storage>/<run key>`), from
+    its snapshot; a checkpoint folder that is not in it (an upload cut off, a report never received) is never resumed."""
+    settings = StorageSettings.resolve()
+    fs, path = settings.filesystem(run_folder)
+    try:
+        snapshot = json.loads(fs.cat_file(f"{path}/checkpoint_manager_snapshot.json"))
+    except FileNotFoundError:
+        return []
+    return sorted(int(r["checkpoint_dir_name"].split("_")[1]) for r in snapshot.get("checkpoint_results", []))

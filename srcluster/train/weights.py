@@ -36,8 +36,13 @@ class LoadReport:
 
 
 def read_state_dict(source: str, param_key: str | None = None) -> dict[str, torch.Tensor]:
-    """A state dict from a local path or any fsspec URL; `.safetensors` or a `.pth` (params_ema/params/... keys)."""
+    """A state dict from a local path, any fsspec URL or a registry URI (`models:/name@alias`, `models:/name/version`);
+    `.safetensors` or a `.pth` (params_ema/params/... keys)."""
+    from srcluster.models import is_model_uri, resolve_model_uri
     from srcluster.storage import StorageSettings
+
+    if is_model_uri(source):
+        source = resolve_model_uri(source)[0]
 
     fs, path = StorageSettings.resolve().filesystem(source)
     try:

@@ -1,0 +1,85 @@
+"""A finished search for people: the trial table (terminal, text, CSV) and the objective over iterations per trial."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from srcluster.tune.space import LoadedSearch
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_short(v)}" for k, v in value.items())
+    return str(value)
+
+
+def trial_table(outcome, search: LoadedSearch) -> Table:
+    best_id = outcome.best.trial_id if outcome.best else None
+    table = Table(title=f"{outcome.name}: {outcome.metric} ({outcome.mode}), {len(outcome.rows)} trials")
+    table.add_column("trial")
+    table.add_column("status")
+    for path in search.dists:
+        table.add_column(path, overflow="fold")
+    table.add_column(f"last {outcome.metric}", justify="right")
+    table.add_column(f"best {outcome.metric}", justify="right")
+    table.add_column("iterations", justify="right")
+    for row in outcome.rows:
+        status = {"TERMINATED": "[green]done[/]", "ERROR": "[red]failed[/]"}.get(row.status, row.status)
+        if row.status == "TERMINATED" and row.iterations < search.base_job.train.total_iter:
+            status = "[yellow]stopped[/]"
+        table.add_row(("* " if row.trial_id == best_id else "") + row.trial_id, status,
+                      *(_short(row.params.get(p, "")) for p in search.dists),
+                      "" if row.last is None else f"{row.last:.4f}", "" if row.best is None else f"{row.best:.4f}",
+                      str(row.iterations))
+    return table
+
+
+def table_text(outcome, search: LoadedSearch) -> str:
+    buffer = io.StringIO()
+    Console(file=buffer, width=200, no_color=True).print(trial_table(outcome, search))
+    errors = [f"{r.trial_id}: {r.error}" for r in outcome.rows if r.error]
+    return buffer.getvalue() + ("\nfailed trials:\n" + "\n".join(errors) + "\n" if errors else "")
+
+
+def write_csv(outcome, search: LoadedSearch, path: Path) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["trial", "status", *search.dists, f"last_{outcome.metric}", f"best_{outcome.metric}",
+                         "iterations", "mlflow_run", "generator", "error"])
+        for r in outcome.rows:
+            writer.writerow([r.trial_id, r.status, *(_short(r.params.get(p, "")) for p in search.dists), r.last, r.best,
+                             r.iterations, r.run_id, r.generator_uri, r.error or ""])
+    return path
+
+
+def plot_curves(outcome, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on cluster nodes
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for row in outcome.rows:
+        if not row.curve:
+            continue
+        steps, values = zip(*row.curve)
+        best = outcome.best is not None and row.trial_id == outcome.best.trial_id
+        style = {"linewidth": 2.5, "zorder": 3} if best else {"linewidth": 1, "alpha": 0.7}
+        ax.plot(steps, values, marker="o", markersize=3, label=f"{row.trial_id} ({row.status.lower()})", **style)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(f"{outcome.metric} ({'lower' if outcome.mode == 'min' else 'higher'} is better)")
+    ax.set_title(f"{outcome.name}: {outcome.metric} per trial")
+    ax.grid(alpha=0.3)
+    if len(outcome.rows) <= 16:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,289 @@
+"""`srcluster tune SEARCH.yml`: run (or resume) a search, then report it and register the best generator.
+
+The driver checks storage and tracking first, opens the search's parent MLflow run (found again by the search's key on
+a rerun), sizes trials to the cluster, and runs a Tuner whose experiment lives next to the stage runs in object
+storage, so an interrupted search is restored from there. Afterwards it closes the trials' MLflow runs, writes the trial
+table and the metric plot, and registers the best trial's generator with the alias `candidate`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from srcluster import home
+from srcluster.errors import SrclusterError
+from srcluster.storage import StorageSettings
+from srcluster.track import Tracker
+from srcluster.tune.space import LoadedSearch
+from srcluster.tune.trial import TRIAL_TAG, TrialContext, distributed_trial, single_trial
+
+KEY_TAG = "srcluster.tune.key"
+CANDIDATE_ALIAS = "candidate"
+
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    status: str  # TERMINATED | ERROR | ...
+    params: dict[str, Any]
+    last: float | None  # the objective at the trial's last report
+    best: float | None  # the best value it reported
+    iterations: int
+    curve: list[tuple[int, float]]  # (iteration, objective)
+    run_id: str | None = None
+    generator_uri: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class SearchOutcome:
+    name: str
+    metric: str
+    mode: str
+    rows: list[TrialRow]
+    parent_run_id: str
+    best: TrialRow | None
+    candidate: Any = None  # srcluster.models.ModelRef
+    output_dir: Path | None = None
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def total_iterations(self) -> int:
+        return sum(r.iterations for r in self.rows)
+
+
+# --- resources ----------------------------------------------------------------------------------------------------
+
+
+def plan_resources(search: LoadedSearch, available: dict[str, float]) -> tuple[dict[str, float], int]:
+    """(resources of the trial's own actor, trials at once). A distributed trial's actor only waits for its Ray Train
+    run, whose workers take the CPUs/GPUs, so concurrency is what the cluster holds of whole worker groups."""
+    cluster = search.base_job.srcluster
+    cpus = search.spec.trial.cpus_per_worker or cluster.cpus_per_worker
+    gpus = (search.spec.trial.gpus_per_worker if search.spec.trial.gpus_per_worker is not None
+            else cluster.gpus_per_worker) if cluster.use_gpu else 0
+    group = {"CPU": cpus * search.workers, "GPU": gpus * search.workers}
+    fits = min(int(available.get(k, 0) // v) for k, v in group.items() if v > 0)
+    if fits < 1:
+        have = ", ".join(f"{available.get(k, 0):g} {k}" for k in group if group[k] > 0)
+        need = ", ".join(f"{v:g} {k}" for k, v in group.items() if v > 0)
+        raise SrclusterError(f"one trial needs {need} ({search.workers} workers) but the cluster has {have}: lower "
+                             "trial.workers or trial.cpus_per_worker")
+    concurrent = min(fits, search.spec.search.max_concurrent or fits, search.trial_count)
+    if search.workers == 1:
+        own = {k: v for k, v in group.items() if v > 0}
+    else:
+        # Tune needs some resource per trial; the trial actor only waits for its Ray Train run, whose workers hold
+        # the CPUs/GPUs, so it asks for a token amount of memory rather than a CPU the workers would miss.
+        own = {"CPU": 0, "memory": 2**20}
+    return own, concurrent
+
+
+# --- algorithms -----------------------------------------------------------------------------------------------------
+
+
+def make_scheduler(search: LoadedSearch):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    options, job = search.spec.scheduler, search.base_job
+    if options.type == "asha":
+        return ASHAScheduler(time_attr="iteration", max_t=job.train.total_iter,
+                             grace_period=options.grace_period or job.val.val_freq,
+                             reduction_factor=options.reduction_factor, brackets=options.brackets)
+    if options.type == "pbt":
+        return PopulationBasedTraining(
+            time_attr="iteration", perturbation_interval=options.perturbation_interval or job.val.val_freq,
+            hyperparam_mutations={path: dist.domain() for path, dist in search.dists.items()},
+            quantile_fraction=options.quantile_fraction, resample_probability=options.resample_probability,
+            synch=options.synch)
+    return FIFOScheduler()
+
+
+def make_search_alg(search: LoadedSearch, concurrent: int):
+    if search.spec.search.algorithm == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(seed=search.spec.search.seed), max_concurrent=concurrent)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(max_concurrent=concurrent, random_state=search.spec.search.seed)
+
+
+# --- the run --------------------------------------------------------------------------------------------------------
+
+
+def run_search(search: LoadedSearch, *, output_dir: Path | None = None, log=print) -> SearchOutcome:
+    from ray import tune
+
+    from srcluster.train.stage import default_storage, ensure_ray
+
+    base = search.base_job
+    settings = StorageSettings.resolve(base.srcluster.s3_endpoint)
+    storage = search.spec.storage or f"{(base.srcluster.storage or default_storage(settings)).rstrip('/')}/tune"
+    tracker = Tracker(base.srcluster.mlflow.tracking_uri)
+    settings.check(storage, create_bucket=False)
+    tracker.check()
+    experiment = base.srcluster.mlflow.experiment or search.name
+    key = search.key()
+
+    parent = tracker.find_run(experiment, {KEY_TAG: key})
+    if parent is not None:
+        parent_id = parent.info.run_id
+        tracker.reopen(parent_id)
+        log(f"{search.name}: continuing search run {parent_id}")
+    else:
+        parent_id = tracker.start_run(experiment, f"{search.name}-search", params=search.params(),
+                                      tags={KEY_TAG: key, "srcluster.kind": "tune",
+                                            "srcluster.pretrain": base.path.pretrain_network_g or "scratch"})
+    env = {**settings.public_env(), "MLFLOW_TRACKING_URI": tracker.uri, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+    ensure_ray(env)
+    import ray
+
+    own, concurrent = plan_resources(search, ray.cluster_resources())
+    ctx = TrialContext(search, parent_id, experiment, tracker.uri)
+    function = single_trial if search.workers == 1 else distributed_trial
+    trainable = tune.with_resources(tune.with_parameters(function, ctx=ctx), own)
+    path, fs = settings.ray_storage(storage)
+    experiment_path = f"{path}/{key}"
+    try:
+        if tune.Tuner.can_restore(experiment_path, storage_filesystem=fs):
+            log(f"{search.name}: resuming the interrupted search from {storage}/{key} (finished trials are kept)")
+            tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=False,
+                                       restart_errored=False, storage_filesystem=fs)
+        else:
+            log(f"{search.name}: {search.spec.num_samples} trials of {search.workers} worker(s), {concurrent} at once; "
+                f"objective {search.metric} ({search.mode})")
+            tuner = tune.Tuner(
+                trainable,
+                param_space={path: dist.domain() for path, dist in search.dists.items()},
+                tune_config=tune.TuneConfig(
+                    metric=search.metric, mode=search.mode, num_samples=search.spec.num_samples,
+                    search_alg=make_search_alg(search, concurrent), scheduler=make_scheduler(search)),
+                run_config=tune.RunConfig(
+                    name=key, storage_path=path, storage_filesystem=fs,
+                    # a diverged or crashed trial is recorded as ERROR; the search goes on without it
+                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                    # PBT restarts trials from other trials' checkpoints, which must still exist by then
+                    checkpoint_config=tune.CheckpointConfig(
+                        num_to_keep=None if search.spec.scheduler.type == "pbt" else 2), verbose=1),
+            )
+        grid = tuner.fit()
+    except KeyboardInterrupt:
+        tracker.end_run(parent_id, "KILLED")
+        raise
+    except BaseException:
+        tracker.end_run(parent_id, "FAILED")
+        raise
+    outcome = summarize(search, grid, tracker, experiment, parent_id, storage_is_s3=storage.startswith("s3://"))
+    finish(outcome, search, tracker, output_dir or home.home() / "tune" / key, log)
+    return outcome
+
+
+def summarize(search: LoadedSearch, grid, tracker: Tracker, experiment: str, parent_id: str, *,
+              storage_is_s3: bool) -> SearchOutcome:
+    rows = []
+    # ResultGrid keeps its results in the order of its experiment's trials, which carry id and status
+    for trial, result in zip(grid._experiment_analysis.trials, grid):
+        config = trial.config or {}
+        frame = result.metrics_dataframe
+        curve: list[tuple[int, float]] = []
+        if frame is not None and search.metric in frame and "iteration" in frame:
+            curve = [(int(i), float(v)) for i, v in zip(frame["iteration"], frame[search.metric]) if v == v]
+        metrics = result.metrics or {}
+        values = [v for _, v in curve]
+        last = metrics.get(search.metric)
+        run = tracker.find_run(experiment, {TRIAL_TAG: trial.trial_id})
+        rows.append(TrialRow(
+            trial_id=trial.trial_id, status="ERROR" if result.error else str(trial.status),
+            params={p: search.dists[p].value(config[p]) for p in search.dists if p in config},
+            last=float(last) if isinstance(last, (int, float)) and math.isfinite(last) else None,
+            best=(min if search.mode == "min" else max)(values) if values else None,
+            iterations=int(metrics.get("iteration", 0) or 0), curve=curve, run_id=run.info.run_id if run else None,
+            generator_uri=generator_of(result, run, storage_is_s3),
+            error=str(result.error).strip().splitlines()[-1][:300] if result.error else None))
+    rows.sort(key=lambda r: r.trial_id)
+    done = [r for r in rows if r.status == "TERMINATED" and r.last is not None]
+    best = (min if search.mode == "min" else max)(done, key=lambda r: r.last) if done else None
+    return SearchOutcome(search.name, search.metric, search.mode, rows, parent_id, best)
+
+
+def generator_of(result, run, storage_is_s3: bool) -> str | None:
+    """The generator a trial ended with: the stage's best (by the search metric) when it finished, else the one in
+    its latest checkpoint (a trial ASHA stopped, or a single-worker trial)."""
+    metrics = result.metrics or {}
+    if run is not None and run.data.tags.get("srcluster.generator_uri"):
+        return run.data.tags["srcluster.generator_uri"]
+    if metrics.get("generator_uri"):
+        return metrics["generator_uri"]
+    from srcluster.train.loop import GENERATOR_FILE
+
+    if metrics.get("checkpoint_path"):  # from TuneReportCallback: a path inside the run storage's filesystem
+        path = metrics["checkpoint_path"]
+        return f"{'s3://' if storage_is_s3 else ''}{path}/{GENERATOR_FILE}"
+    if result.checkpoint is not None:
+        path = result.checkpoint.path
+        return f"{'s3://' if storage_is_s3 else ''}{path}/{GENERATOR_FILE}"
+    return None
+
+
+def finish(outcome: SearchOutcome, search: LoadedSearch, tracker: Tracker, output_dir: Path, log) -> None:
+    from srcluster.tune.report import plot_curves, table_text, write_csv
+
+    # Trials that Tune stopped (ASHA) or that died with their process leave their MLflow run open: close them.
+    for row in outcome.rows:
+        if row.run_id is None:
+            continue
+        run = tracker.client.get_run(row.run_id)
+        sampled = {f"tune.{p}": v for p, v in row.params.items()}
+        existing = run.data.params
+        tracker.log_params(row.run_id, {k: v for k, v in sampled.items() if k not in existing})
+        if run.info.status == "RUNNING":
+            stopped = row.status == "TERMINATED"
+            if stopped:
+                tracker.set_tags(row.run_id, {"srcluster.tune.stopped_early": str(row.iterations)})
+            tracker.end_run(row.run_id, "FINISHED" if stopped else "FAILED")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    plot = plot_curves(outcome, output_dir / "metric_curves.png")
+    table = output_dir / "trials.txt"
+    table.write_text(table_text(outcome, search))
+    csv = write_csv(outcome, search, output_dir / "trials.csv")
+    outcome.output_dir, outcome.files = output_dir, [plot, table, csv]
+    for file in outcome.files:
+        tracker.log_artifact(outcome.parent_run_id, file, "search")
+    if outcome.best is not None:
+        tracker.log_metrics(outcome.parent_run_id, {f"best_{outcome.metric}": outcome.best.last,
+                                                    "trials": len(outcome.rows),
+                                                    "trials_failed": sum(r.status == "ERROR" for r in outcome.rows),
+                                                    "total_iterations": outcome.total_iterations}, step=0)
+        tracker.set_tags(outcome.parent_run_id, {"srcluster.tune.best_trial": outcome.best.trial_id,
+                                                 "srcluster.tune.best_run": outcome.best.run_id or ""})
+        outcome.candidate = register_candidate(outcome, search, tracker, log)
+    tracker.end_run(outcome.parent_run_id)
+
+
+def register_candidate(outcome: SearchOutcome, search: LoadedSearch, tracker: Tracker, log):
+    """The best trial's generator in the model registry, alias `candidate`, with its lineage in the tags."""
+    from srcluster import models
+
+    best, job = outcome.best, search.base_job
+    if best.generator_uri is None or best.run_id is None:
+        log(f"{search.name}: best trial {best.trial_id} left no generator to register")
+        return None
+    name = search.spec.registered_model or search.name
+    ref = models.find_registered(tracker, name, best.run_id)  # a rerun of a finished search registers nothing new
+    if ref is None:
+        lineage = {"srcluster.tune.search_run": outcome.parent_run_id, "srcluster.tune.trial_id": best.trial_id,
+                   "srcluster.pretrain": job.path.pretrain_network_g or "scratch",
+                   f"srcluster.tune.{outcome.metric}": f"{best.last:.6g}"}
+        network = dict(search.job_dict(best.params)["network_g"])  # the trial's own, in case the space changes it
+        ref = models.log_generator(tracker, best.run_id, best.generator_uri, arch=network.pop("type"),
+                                   options=network, scale=job.scale, registered_name=name, tags=lineage)
+    models.set_alias(tracker, ref.name, ref.version, CANDIDATE_ALIAS,
+                     reason=f"best {outcome.metric} {best.last:.4g} of {len(outcome.rows)} trials in search "
+                            f"{search.name} (run {outcome.parent_run_id})")
+    log(f"{search.name}: registered {ref.name} version {ref.version} as @{CANDIDATE_ALIAS}")
+    return ref
