@@ -9,18 +9,15 @@ alone, `stack` adds the MLflow server to the same S3 (or starts both at once whe
 from __future__ import annotations
 
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from free_ports import free_port_block
 
 from srcluster import stack as local_stack
 
 # --- local stack ----------------------------------------------------------------------------------------------------------
-
-# Below Linux's ephemeral range (32768+) and above Ray's worker ports (10000-19999), so nothing else grabs them meanwhile.
-TEST_PORTS = range(20000, 32000)
 
 
 @dataclass
@@ -30,16 +27,6 @@ class LocalStack:
     s3_port: int
     mlflow_url: str | None = None
     mlflow_port: int | None = None
-
-
-def free_port_block(size: int, avoid: frozenset[int] | set[int] = frozenset()) -> int:
-    """The first of `size` consecutive free ports on 127.0.0.1."""
-    for _ in range(200):
-        base = random.randrange(TEST_PORTS.start, TEST_PORTS.stop - size)
-        block = range(base, base + size)
-        if not avoid & set(block) and all(local_stack.port_free(p) for p in block):
-            return base
-    raise RuntimeError(f"no {size} consecutive free ports in {TEST_PORTS}")
 
 
 class _StackSession:

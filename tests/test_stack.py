@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import free_port_block
+from free_ports import free_port_block
 from srcluster import home
 from srcluster import stack as stack_mod  # the module; `stack` is the session fixture
 from srcluster.errors import StackError

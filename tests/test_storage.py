@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from conftest import free_port_block
+from free_ports import free_port_block
 from srcluster import home
 from srcluster.errors import StorageError
 from srcluster.storage import StorageSettings

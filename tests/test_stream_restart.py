@@ -13,7 +13,7 @@ import time
 import pytest
 import skimage.data
 
-from conftest import free_port_block
+from free_ports import free_port_block
 from srcluster import stack as stack_mod
 from srcluster.data import remote
 from srcluster.data.sample import tiles

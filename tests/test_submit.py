@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import free_port_block
+from free_ports import free_port_block
 from srcluster import home
 from srcluster.cli import main
 from srcluster.launch.submit import prepare
