@@ -6,26 +6,33 @@ srcluster itself never loads models this way: it reads the safetensors file and 
 
 from __future__ import annotations
 
+import warnings
+
 import mlflow.pyfunc
 from mlflow.models import set_model
 
 
-class GeneratorModel(mlflow.pyfunc.PythonModel):
-    def load_context(self, context) -> None:
-        import torch
+# MLflow checks predict()'s type hints when the class is defined and advises adding them, every time a model is loaded;
+# this model takes a list of images (any size), not a typed schema.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
 
-        from srcluster.upscale import load_upscaler
+    class GeneratorModel(mlflow.pyfunc.PythonModel):
+        def load_context(self, context) -> None:
+            import torch
 
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = load_upscaler(context.artifacts["generator"], self.device)
+            from srcluster.upscale import load_upscaler
 
-    def predict(self, context, model_input, params=None):
-        from srcluster.upscale import upscale_array
+            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            self.model = load_upscaler(context.artifacts["generator"], self.device)
 
-        params = params or {}
-        images = model_input if isinstance(model_input, list) else [model_input]
-        return [upscale_array(self.model, image, tile=int(params.get("tile", 512)),
-                              overlap=int(params.get("tile_overlap", 32))) for image in images]
+        def predict(self, context, model_input, params=None):
+            from srcluster.upscale import upscale_array
+
+            params = params or {}
+            images = model_input if isinstance(model_input, list) else [model_input]
+            return [upscale_array(self.model, image, tile=int(params.get("tile", 512)),
+                                  overlap=int(params.get("tile_overlap", 32))) for image in images]
 
 
 set_model(GeneratorModel())
