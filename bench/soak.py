@@ -129,7 +129,7 @@ def main() -> None:
 
             for name, image in sample_photos():
                 Image.fromarray(image).save(photos / f"{name}.png")
-            ray.init(num_cpus=4, include_dashboard=True, configure_logging=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=4, include_dashboard=True, configure_logging=False, log_to_driver=False)
 
             probe_id, _, _ = timed_stage("soak-probe", 100, sample=False)  # the rate, to size the runs
             per_s = rate(probe_id)

@@ -105,7 +105,7 @@ def run_ray(storage: str) -> list[float]:
 def main() -> None:
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=True, configure_logging=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=4, include_dashboard=True, configure_logging=False, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     baseline, ours = [], []
     with tempfile.TemporaryDirectory() as storage:

@@ -60,7 +60,7 @@ def main() -> None:
 
     data = home / "data"
     build_sample_dataset(str(data / "train"), str(data / "val"), tile=64, val_size=64, progress=False)
-    ray.init(num_cpus=args.cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
     out = {"trials": args.trials, "budget_iterations": args.iters}
     for scheduler in ("fifo", "asha"):
         search = parse_search(search_spec(data, scheduler, args.trials, args.iters), f"{scheduler}.yml")
