@@ -295,9 +295,14 @@ def test_bad_job_files_fail_in_one_line_before_contacting_the_head(tmp_path, mon
     assert "127.0.0.1:9" not in err and "hunter2" not in err  # the job file was refused before any connection
 
 
-def test_unreachable_head_is_one_line_naming_the_address(tmp_path, monkeypatch, capsys):
+def test_unreachable_head_is_one_line_naming_the_address(ray_head, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     write_job(tmp_path, launch_job("unreachable"))
+    # --address wins over a RAY_ADDRESS naming a live cluster (Ray's own client would let the variable win, and
+    # `ray.init` sets it): the job must not land on another cluster than the one asked for.
+    monkeypatch.setenv("RAY_ADDRESS", ray_head.address)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", ray_head.env["RAY_AUTH_TOKEN"])
     assert main(["submit", "job.yml", "--address", "http://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err
     assert "cannot reach the Ray dashboard at http://127.0.0.1:9" in err and len(err.strip().splitlines()) == 1

@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -46,7 +47,10 @@ def connect(address: str):
     from ray.job_submission import JobSubmissionClient
 
     try:
-        return JobSubmissionClient(address)
+        # Ray's client lets RAY_API_SERVER_ADDRESS / RAY_ADDRESS override the address it is given (and `ray.init`
+        # sets RAY_ADDRESS in the driver's environment), so a job would silently go to another cluster: pin it.
+        with pinned_env(RAY_API_SERVER_ADDRESS=address, RAY_ADDRESS=None):
+            return JobSubmissionClient(address)
     except AuthenticationError:
         raise SrclusterError(f"the Ray cluster at {address} requires a token: set RAY_AUTH_MODE=token and "
                              "RAY_AUTH_TOKEN (or ~/.ray/auth_token)") from None
@@ -54,6 +58,25 @@ def connect(address: str):
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise SrclusterError(f"cannot reach the Ray dashboard at {address} (is the head running and its dashboard "
                              f"port, 8265 by default, reachable?): {reason[:200]}") from None
+
+
+@contextmanager
+def pinned_env(**values: str | None):
+    """Set (or, for None, remove) environment variables for the duration of the block, then restore them."""
+    saved = {name: os.environ.get(name) for name in values}
+    try:
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def call(address: str, fn, *args):
