@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from drivers import checkpoint_recorded, kill_when
 from srcluster.config import ConfigError, parse_job
 from srcluster.config import read_yaml
 from srcluster.demo import DEMO_RECIPE
@@ -183,10 +184,8 @@ def toy_recipe() -> dict:
 def test_pipeline_registers_chains_resumes_and_reports(stack, ray_cluster, tmp_path, capsys):
     import hashlib
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     import yaml
     from PIL import Image
@@ -208,17 +207,7 @@ def test_pipeline_registers_chains_resumes_and_reports(stack, ray_cluster, tmp_p
     command = [sys.executable, "-m", "srcluster.cli", "pipeline", str(path)]
 
     # 1. run, and kill -9 the whole process group once stage 2 has a checkpoint Ray recorded as complete
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True)
-    deadline = time.time() + 420
-    while time.time() < deadline and first.poll() is None:
-        if fs.exists(f"{stage2_runs}/checkpoint_manager_snapshot.json") and fs.exists(
-                f"{stage2_runs}/checkpoint_0000020/state.pt"):
-            break
-        time.sleep(0.3)
-    assert first.poll() is None, f"the pipeline ended before stage 2 could be killed:\n{first.stdout.read()[-3000:]}"
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
+    kill_when(command, lambda: checkpoint_recorded(fs, stage2_runs, 20), timeout=420)
 
     client = Tracker().client
     experiment = client.get_experiment_by_name("lineage").experiment_id
@@ -248,6 +237,10 @@ def test_pipeline_registers_chains_resumes_and_reports(stack, ray_cluster, tmp_p
     parent = parents[0].info.run_id
     assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent}
     assert all(r.info.status == "FINISHED" for r in runs.values())
+    # the stage rules: stage 2 loads loosely (2x -> 4x), stage 3 trains G against D with the GAN losses
+    assert runs["fidelity_4x"].data.params["path.strict_load_g"] == "False"
+    assert runs["gan_4x"].data.params["path.strict_load_g"] == "True" and runs["gan_4x"].data.params["scale"] == "4"
+    assert {"l_g_gan", "l_g_mssimloss", "l_g_hsluvloss", "l_d_real", "l_d_fake"} <= set(runs["gan_4x"].data.metrics)
 
     # 3. three registered models, one version each, with lineage chaining through the registry
     for stage in STAGES:

@@ -212,7 +212,7 @@ def jobs_on(head: Head) -> list[dict]:
 
 @pytest.mark.slow
 def test_srcluster_submit_follow_runs_the_stage_on_the_head(stack, sample_data, ray_head, tmp_path):
-    job = write_job(tmp_path, launch_job("launch-sdk"))
+    write_job(tmp_path, launch_job("launch-sdk"))
     # the submitter's view of storage and MLflow travels with the job; the head's own environment has neither
     submit_env = {**ray_head.env, "SRCLUSTER_HOME": str(home.home()), "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],
                   "AWS_SECRET_ACCESS_KEY": CANARY, "AWS_ACCESS_KEY_ID": "AKIACANARY"}

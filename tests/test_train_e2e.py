@@ -10,7 +10,6 @@ import yaml
 from srcluster import home
 from srcluster.cli import main
 from srcluster.data.sample import build_sample_dataset
-from srcluster.pipeline import parse_recipe, run_recipe
 from srcluster.storage import StorageSettings
 from srcluster.track import Tracker
 from srcluster.train.stage import run_stage
@@ -84,36 +83,6 @@ def test_stage_streams_from_s3_checkpoints_to_s3_and_tracks_in_mlflow(stack, ray
     assert model.architecture.id == "Compact" and model.scale == 2
 
 
-def test_three_stages_chain_with_lineage(stack, ray_cluster, sample_data):
-    recipe = parse_recipe({
-        **tiny_job(name="chain"),
-        "train": {"total_iter": 8, "losses": [{"type": "charbonnierloss"}]},
-        "val": {"val_freq": 4},
-        "logger": {"print_freq": 4, "save_checkpoint_freq": 4},
-        "stages": {"fidelity_2x": {}, "fidelity_4x": {}, "gan_4x": {
-            "network_d": {"type": "unetdiscriminatorsn", "num_feat": 8},
-            "train": {"losses": [{"type": "mssimloss", "loss_weight": 0.5}, {"type": "hsluvloss", "loss_weight": 1.0},
-                                 {"type": "ganloss", "loss_weight": 0.1}]}}},
-    }, "chain.yml")
-    summaries = run_recipe(recipe)
-    assert [s.stage for s in summaries] == ["fidelity_2x", "fidelity_4x", "gan_4x"]
-    assert [s.iterations for s in summaries] == [8, 4, 4]
-
-    client = Tracker().client
-    runs = [client.get_run(s.run_id) for s in summaries]
-    parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
-    assert len(parents) == 1
-    parent = client.get_run(parents.pop())
-    assert parent.info.status == "FINISHED" and parent.data.tags["srcluster.recipe"] == "chain"
-    assert len({r.info.experiment_id for r in runs + [parent]}) == 1
-    assert runs[0].data.tags["srcluster.pretrain"] == "scratch"
-    # stages chain through the model registry: each pretrain is the previous stage's registered (best) generator
-    assert runs[1].data.tags["srcluster.pretrain"] == summaries[0].model_uri
-    assert runs[2].data.tags["srcluster.pretrain"] == summaries[1].model_uri
-    assert runs[1].data.params["path.strict_load_g"] == "False" and runs[2].data.params["scale"] == "4"
-    assert {"l_g_gan", "l_g_mssimloss", "l_g_hsluvloss", "l_d_real"} <= set(runs[2].data.metrics)
-
-
 @pytest.mark.parametrize(
     "change, env, expected",
     [
@@ -139,73 +108,6 @@ def test_bad_storage_fails_in_one_line_before_training(stack, sample_data, tmp_p
     assert "wrong-secret-value" not in err
     runs_after = len(Tracker().client.search_runs([e.experiment_id for e in Tracker().client.search_experiments()]))
     assert runs_after == runs_before  # nothing was started
-
-
-def test_killed_run_resumes_from_its_checkpoint_and_a_finished_one_is_reused(stack, ray_cluster, sample_data, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from srcluster.config import parse_job
-    from srcluster.train.stage import run_key
-
-    job = tiny_job(name="resume", train={"total_iter": 300, "losses": [{"type": "charbonnierloss"}]},
-                   val={"val_freq": 100}, logger={"print_freq": 20, "save_checkpoint_freq": 20})
-    path = tmp_path / "resume.yml"
-    path.write_text(yaml.safe_dump(job))
-    runs = f"s3://srcluster/runs/{run_key(parse_job(job))}"
-    fs, _ = StorageSettings.resolve().filesystem(runs)
-    command = [sys.executable, "-m", "srcluster.cli", "train", str(path)]
-
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and first.poll() is None:
-        # Ray records a checkpoint in its snapshot after the upload: only then is it one a rerun can resume from
-        if fs.exists(f"{runs}/checkpoint_manager_snapshot.json") and fs.exists(f"{runs}/checkpoint_0000020/state.pt"):
-            break
-        time.sleep(0.2)
-    assert first.poll() is None, f"the first try ended before it could be killed:\n{first.stdout.read()[-3000:]}"
-    os.killpg(first.pid, signal.SIGKILL)  # the driver and everything it started, mid-run
-    first.wait()
-    done_before = sorted(p.rsplit("_", 1)[-1] for p in fs.ls(runs) if "checkpoint_0" in p)
-    assert done_before and "0000300" not in done_before
-
-    second = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    output = second.stdout + second.stderr
-    assert second.returncode == 0, output[-3000:]
-    assert "resuming MLflow run" in output
-    assert "resumed from checkpoint at iteration " in output, output[-4000:]
-    resumed_at = int(output.split("resumed from checkpoint at iteration ")[1].split()[0])
-    # the newest checkpoint folder may have been mid-upload when the driver died: Ray resumes from the last one it
-    # recorded as complete, so at most one checkpoint interval of work is lost
-    assert resumed_at >= 20 and resumed_at >= int(done_before[-1]) - 20
-    assert "iter 300/300" in output
-
-    client = Tracker().client
-    run = Tracker().find_run("resume", {"srcluster.run_key": run_key(parse_job(job))})
-    assert run.info.status == "FINISHED"
-    history = client.get_metric_history(run.info.run_id, "l_g_charbonnierloss")
-    assert max(m.step for m in history) == 300
-
-    third = run_stage(parse_job(job))  # same config again: the finished run is returned, nothing trains
-    assert third.reused and third.run_id == run.info.run_id and third.checkpoint_uri.endswith("checkpoint_0000300")
-
-
-def test_non_finite_losses_stop_the_run_with_advice(stack, ray_cluster, sample_data, tmp_path, capsys):
-    job = tiny_job(name="diverge", train={"total_iter": 50, "losses": [{"type": "charbonnierloss"}],
-                                          "optim_g": {"lr": 1.0e+30}},
-                   logger={"print_freq": 1, "save_checkpoint_freq": 1}, val={"val_freq": 100},
-                   srcluster={"workers": 2, "nonfinite_patience": 3})
-    path = tmp_path / "diverge.yml"
-    path.write_text(yaml.safe_dump(job))
-    assert main(["train", str(path)]) == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]  # Ray's worker log above it keeps the traceback
-    assert last.startswith("error: stage diverge stopped: 3 consecutive non-finite") and "Lower train.optim_g.lr" in last
-    run = Tracker().client.search_runs([Tracker().client.get_experiment_by_name("diverge").experiment_id])[0]
-    assert run.info.status == "FAILED"
 
 
 def test_plateau_stops_early_and_the_best_generator_goes_downstream(stack, ray_cluster, sample_data):

@@ -7,6 +7,7 @@ import copy
 import pytest
 import yaml
 
+from drivers import kill_when
 from srcluster.config import ConfigError
 from srcluster.tune.space import parse_search
 
@@ -284,10 +285,7 @@ def test_pbt_mutates_the_learning_rate_and_trials_train_with_it(stack, ray_clust
 @pytest.mark.slow
 def test_interrupted_search_resumes_without_redoing_finished_trials(stack, ray_cluster, tune_data, tmp_path):
     import os
-    import signal
-    import subprocess
     import sys
-    import time
 
     from srcluster.track import Tracker
     from srcluster.tune.run import KEY_TAG, run_search
@@ -305,16 +303,9 @@ def test_interrupted_search_resumes_without_redoing_finished_trials(stack, ray_c
         return trial_runs(parent.info.run_id) if parent else []
 
     # the first try is killed (driver and all it started) once one trial has finished
-    first = subprocess.Popen([sys.executable, "-m", "srcluster.cli", "tune", str(path)], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                             env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"})
-    deadline = time.time() + 300
-    while time.time() < deadline and first.poll() is None and not any(r.info.status == "FINISHED" for r in runs()):
-        time.sleep(0.5)
-    time.sleep(3)  # Tune saves its experiment state every second here
-    assert first.poll() is None, f"the first try ended before it could be killed:\n{first.stdout.read()[-3000:]}"
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
+    kill_when([sys.executable, "-m", "srcluster.cli", "tune", str(path)],
+              lambda: any(r.info.status == "FINISHED" for r in runs()), timeout=300,
+              settle=3, env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"})  # Tune saves its state every second here
     finished = {r.info.run_id: r.info.end_time for r in runs() if r.info.status == "FINISHED"}
     assert 1 <= len(finished) < 3
 

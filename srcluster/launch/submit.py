@@ -17,10 +17,10 @@ import shutil
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
+from unittest import mock
 
 from srcluster import __version__
 from srcluster.config import redact_url
@@ -49,7 +49,8 @@ def connect(address: str):
     try:
         # Ray's client lets RAY_API_SERVER_ADDRESS / RAY_ADDRESS override the address it is given (and `ray.init`
         # sets RAY_ADDRESS in the driver's environment), so a job would silently go to another cluster: pin it.
-        with pinned_env(RAY_API_SERVER_ADDRESS=address, RAY_ADDRESS=None):
+        with mock.patch.dict(os.environ, {"RAY_API_SERVER_ADDRESS": address}):  # restores os.environ after
+            os.environ.pop("RAY_ADDRESS", None)
             return JobSubmissionClient(address)
     except AuthenticationError:
         raise SrclusterError(f"the Ray cluster at {address} requires a token: set RAY_AUTH_MODE=token and "
@@ -58,25 +59,6 @@ def connect(address: str):
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise SrclusterError(f"cannot reach the Ray dashboard at {address} (is the head running and its dashboard "
                              f"port, 8265 by default, reachable?): {reason[:200]}") from None
-
-
-@contextmanager
-def pinned_env(**values: str | None):
-    """Set (or, for None, remove) environment variables for the duration of the block, then restore them."""
-    saved = {name: os.environ.get(name) for name in values}
-    try:
-        for name, value in values.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def call(address: str, fn, *args):

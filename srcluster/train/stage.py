@@ -114,7 +114,6 @@ def run_stage(job: Job, *, run_name: str | None = None, parent_run_id: str | Non
               callbacks: list | None = None) -> StageResult:
     """Train one stage. A rerun of the same config resumes its unfinished run from the latest checkpoint, or returns
     the finished one without training again (`fresh=True` starts over instead)."""
-    import ray.train
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

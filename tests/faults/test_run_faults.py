@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from drivers import kill_when
 from srcluster import stack as local_stack
+from srcluster.config import parse_job
 from srcluster.data.sample import build_sample_dataset
 from srcluster.storage import StorageSettings
 from srcluster.track import Tracker
-from srcluster.train.stage import default_storage, recorded_checkpoints, run_key
+from srcluster.train.stage import default_storage, recorded_checkpoints, run_key, run_stage
 
 pytestmark = pytest.mark.slow
 
@@ -47,8 +49,6 @@ class Watch:
     """A job's run as seen from outside: its checkpoints in storage and its metrics in MLflow."""
 
     def __init__(self, job: dict):
-        from srcluster.config import parse_job
-
         self.job = parse_job(job)
 
     def run_folder(self) -> tuple:
@@ -80,8 +80,6 @@ class Background(Watch):
     """run_stage in a thread, so the test can inject a fault while it trains."""
 
     def __init__(self, job: dict):
-        from srcluster.train.stage import run_stage
-
         super().__init__(job)
         self.result, self.error = None, None
 
@@ -232,15 +230,8 @@ def test_a_checkpoint_cut_off_halfway_is_never_used(stack, ray_cluster, data, fa
     path = tmp_path / "job.yml"
     path.write_text(yaml.safe_dump(job))
     command = [sys.executable, "-m", "srcluster.cli", "train", str(path)]
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True)
     watcher = Watch(job)
-    deadline = time.monotonic() + 300
-    while 10 not in watcher.checkpoints():
-        assert first.poll() is None and time.monotonic() < deadline, "no checkpoint before the driver ended"
-        time.sleep(0.3)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
+    kill_when(command, lambda: 10 in watcher.checkpoints(), timeout=300)
     # what an upload cut off by the kill leaves behind: a newer checkpoint folder with half a state file
     fs, folder = watcher.run_folder()
     with fs.open(f"{folder}/checkpoint_0000010/state.pt", "rb") as f:
@@ -252,6 +243,12 @@ def test_a_checkpoint_cut_off_halfway_is_never_used(stack, ray_cluster, data, fa
     output = second.stdout + second.stderr
     resumed = [int(line.rsplit(" ", 1)[1]) for line in output.splitlines() if "resumed from checkpoint at iteration" in line]
     assert resumed and resumed[0] in (10, 20) and 30 not in resumed, output[-3000:]
+    # the rerun reopened the killed run's MLflow run and finished it: one run, one loss curve to the end
+    assert "resuming MLflow run" in output and "iter 40/40" in output
+    run = watcher.run()
+    assert run.info.status == "FINISHED" and watcher.last_step() == 40
+    third = run_stage(watcher.job)  # the same config once more: the finished run is returned, nothing trains
+    assert third.reused and third.run_id == run.info.run_id and third.checkpoint_uri.endswith("checkpoint_0000040")
     fault_record("checkpoint upload cut off halfway", True, iterations_lost=None, recover_s=time.monotonic() - started,
                  note=f"the partial checkpoint_0000030 was ignored; resumed from {resumed[0]}")
 
@@ -269,10 +266,10 @@ def test_non_finite_losses_stop_with_the_last_good_checkpoint(stack, ray_cluster
     path = tmp_path / "nan.yml"
     path.write_text(yaml.safe_dump(job))
     assert main(["train", str(path)]) == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "consecutive non-finite" in last and "Lower train.optim_g.lr" in last
-
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # Ray's worker log above it keeps the traceback
+    assert last.startswith("error: stage fault-nan stopped: 3 consecutive non-finite") and "Lower train.optim_g.lr" in last
     watcher = Watch(job)
+    assert watcher.run().info.status == "FAILED"
     fs, folder = watcher.run_folder()
     saved = watcher.checkpoints()
     assert saved and saved[-1] == 10
