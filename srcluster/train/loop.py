@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import logging
 import math
 import tempfile
@@ -29,6 +30,20 @@ from srcluster.train.validate import ValImage, build_metrics, prepare, validate
 
 STATE_FILE = "state.pt"
 GENERATOR_FILE = "net_g_ema.safetensors"
+
+
+def checkpoint_file(checkpoint, name: str) -> bytes:
+    """One file of a Ray checkpoint, read straight from its storage into memory.
+
+    Not `Checkpoint.as_directory()`: every process on a node shares its download folder, and a rank that takes the
+    folder's lock after another rank's download downloads again over the files that rank is reading (a torn
+    state.pt on resume). Reading through the checkpoint's own filesystem gives each rank its own whole copy."""
+    with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{name}") as stream:
+        return stream.read()
+
+
+def load_state_file(checkpoint, device: torch.device) -> dict:
+    return torch.load(io.BytesIO(checkpoint_file(checkpoint, STATE_FILE)), map_location=device, weights_only=True)
 
 
 class EMA:
@@ -311,8 +326,7 @@ def train_worker(config: dict[str, Any]) -> None:
     run_id = config["run_id"]
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            stage.load_state(torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True))
+        stage.load_state(load_state_file(checkpoint, device))
         log(f"resumed from checkpoint at iteration {stage.iteration}")
     batch_size, accum = job.batch_plan(world)
     if checkpoint is not None and stage.world != world:

@@ -117,7 +117,7 @@ def run_stage(job: Job, *, run_name: str | None = None, parent_run_id: str | Non
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from srcluster.train.loop import GENERATOR_FILE, train_worker
+    from srcluster.train.loop import GENERATOR_FILE, checkpoint_file, train_worker
 
     settings = StorageSettings.resolve(job.srcluster.s3_endpoint)
     storage = job.srcluster.storage or default_storage(settings)
@@ -184,9 +184,8 @@ def run_stage(job: Job, *, run_name: str | None = None, parent_run_id: str | Non
     best = read_best(best_uri) if job.best_metric else None
     generator_uri = best["generator_uri"] if best else f"{checkpoint_uri}/{GENERATOR_FILE}"
     with tempfile.TemporaryDirectory() as tmp:
-        with result.checkpoint.as_directory() as folder:
-            exported = Path(tmp) / f"net_g_ema_{iterations}.safetensors"
-            exported.write_bytes((Path(folder) / GENERATOR_FILE).read_bytes())
+        exported = Path(tmp) / f"net_g_ema_{iterations}.safetensors"
+        exported.write_bytes(checkpoint_file(result.checkpoint, GENERATOR_FILE))
         tracker.log_artifact(run_id, exported, "model")
         if best:
             fs, path = settings.filesystem(generator_uri)

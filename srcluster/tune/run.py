@@ -233,7 +233,9 @@ def generator_of(result, run, storage_is_s3: bool) -> str | None:
 def finish(outcome: SearchOutcome, search: LoadedSearch, tracker: Tracker, output_dir: Path, log) -> None:
     from srcluster.tune.report import plot_curves, table_text, write_csv
 
-    # Trials that Tune stopped (ASHA) or that died with their process leave their MLflow run open: close them.
+    # A trial Tune stopped (ASHA) is torn down mid-stage: its MLflow run is left open, or was closed as FAILED or
+    # KILLED by the stage seeing its Ray Train run go away, depending on which came first. Tune's verdict decides: a
+    # TERMINATED trial finished (early), an open run of any other trial failed with its process.
     for row in outcome.rows:
         if row.run_id is None:
             continue
@@ -241,11 +243,11 @@ def finish(outcome: SearchOutcome, search: LoadedSearch, tracker: Tracker, outpu
         sampled = {f"tune.{p}": v for p, v in row.params.items()}
         existing = run.data.params
         tracker.log_params(row.run_id, {k: v for k, v in sampled.items() if k not in existing})
-        if run.info.status == "RUNNING":
-            stopped = row.status == "TERMINATED"
-            if stopped:
-                tracker.set_tags(row.run_id, {"srcluster.tune.stopped_early": str(row.iterations)})
-            tracker.end_run(row.run_id, "FINISHED" if stopped else "FAILED")
+        if row.status == "TERMINATED" and run.info.status != "FINISHED":
+            tracker.set_tags(row.run_id, {"srcluster.tune.stopped_early": str(row.iterations)})
+            tracker.end_run(row.run_id, "FINISHED")
+        elif run.info.status == "RUNNING":
+            tracker.end_run(row.run_id, "FAILED")
     output_dir.mkdir(parents=True, exist_ok=True)
     plot = plot_curves(outcome, output_dir / "metric_curves.png")
     table = output_dir / "trials.txt"

@@ -94,7 +94,7 @@ def single_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from srcluster.data.stream import iter_images, train_loader
     from srcluster.track import Tracker
     from srcluster.train import weights
-    from srcluster.train.loop import GENERATOR_FILE, STATE_FILE, build_stage, check_finite, train_step
+    from srcluster.train.loop import GENERATOR_FILE, STATE_FILE, build_stage, check_finite, load_state_file, train_step
     from srcluster.train.validate import build_metrics, prepare, validate
 
     trial_id = tune.get_context().get_trial_id()
@@ -116,8 +116,7 @@ def single_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     stage = build_stage(job, device, log=log)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            stage.load_state(torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True))
+        stage.load_state(load_state_file(checkpoint, device))
         apply_optimizer_options(stage.optim_g, stage.sched_g, job.train.optim_g)
         if stage.optim_d is not None:
             apply_optimizer_options(stage.optim_d, stage.sched_d, job.train.optim_d or job.train.optim_g)
