@@ -47,10 +47,9 @@ def connect(address: str):
     from ray.job_submission import JobSubmissionClient
 
     try:
-        # Ray's client lets RAY_API_SERVER_ADDRESS / RAY_ADDRESS override the address it is given (and `ray.init`
-        # sets RAY_ADDRESS in the driver's environment), so a job would silently go to another cluster: pin it.
+        # Ray's client lets RAY_API_SERVER_ADDRESS, then RAY_ADDRESS (which `ray.init` sets in the driver), override
+        # the address it is given, so a job could silently go to another cluster: pin the first to the one resolved.
         with mock.patch.dict(os.environ, {"RAY_API_SERVER_ADDRESS": address}):  # restores os.environ after
-            os.environ.pop("RAY_ADDRESS", None)
             return JobSubmissionClient(address)
     except AuthenticationError:
         raise SrclusterError(f"the Ray cluster at {address} requires a token: set RAY_AUTH_MODE=token and "
