@@ -78,7 +78,7 @@ def rebuild_forever(folder: str, stop, rounds) -> None:
 
 def rate(run_id: str) -> float:
     """Steady-state it/s: the median of the per-window rates rank 0 logged, after the first windows."""
-    from srcluster.track import Tracker
+    from srcluster.tracking.tracker import Tracker
 
     history = sorted(Tracker().client.get_metric_history(run_id, "it_per_s"), key=lambda m: m.step)
     values = [m.value for m in history[len(history) // 5:]] or [m.value for m in history]

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from srcluster.degrade.config import Degradations, parse_degradations, split_degradation_keys
 from srcluster.errors import ConfigError, SrclusterError
+from srcluster.storage import redact_url
 
 
 class Strict(BaseModel):
@@ -129,7 +130,7 @@ class Metric(Component):
     @field_validator("type")
     @classmethod
     def known(cls, value: str) -> str:
-        from srcluster.train.perceptual import METRICS
+        from srcluster.components.perceptual import METRICS
 
         METRICS.check(value.lower().removeprefix("calculate_"), "type")
         return value.lower()
@@ -231,7 +232,7 @@ class Job(Strict):
 
     @model_validator(mode="after")
     def components_exist(self) -> Job:
-        from srcluster.train import archs, losses
+        from srcluster.components import archs, losses
 
         archs.check_generator_options(self.network_g.type, self.scale, self.network_g.options())
         if self.network_d is not None:
@@ -384,7 +385,7 @@ def lift_ignored(data: dict, source: str) -> tuple[dict, list[str]]:
             visit(dataset, ("datasets", str(name)))
     losses = (data.get("train") or {}).get("losses") if isinstance(data.get("train"), dict) else None
     if isinstance(losses, list):
-        from srcluster.train.losses import LOSSES
+        from srcluster.components.losses import LOSSES
 
         kept = []
         for i, loss in enumerate(losses):
@@ -500,9 +501,6 @@ def load_job(path: str | Path) -> Job:
     return parse_job(read_yaml(path), str(path))
 
 
-def redact_url(url: str) -> str:
-    """Hide the password of `scheme://user:password@host` URLs."""
-    return re.sub(r"(://[^/:@]+):[^/@]+@", r"\1:***@", url)
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -517,3 +515,8 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     else:
         out[prefix] = redact_url(data) if isinstance(data, str) else data
     return out
+
+
+def job_params(job: Job) -> dict[str, Any]:
+    """The job's resolved config, flattened to dotted keys for MLflow params (URL passwords masked)."""
+    return flatten(job.model_dump(mode="json"))

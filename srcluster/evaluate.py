@@ -3,8 +3,8 @@ the model's output saved as 8-bit, and metrics (PSNR/SSIM on Y with a `scale`-pi
 on average. `model=None` scores plain bicubic upscaling, the baseline row of every SR table (Set5 x4: 28.43 dB /
 0.8113).
 
-`evaluate()` returns a JSON-ready dict; `format_table()` renders it for a terminal. `tiled_upscale()` runs a network
-on overlapping tiles so large images fit in memory; it is exact for models whose receptive field is within the overlap.
+`evaluate()` returns a JSON-ready dict; `format_table()` renders it for a terminal. Models run through the one
+inference path (`infer.upscaler`), tiled so large images fit in memory.
 """
 
 from __future__ import annotations
@@ -18,52 +18,9 @@ import torch
 
 from srcluster.degrade.resize import bicubic_downscale, imresize
 from srcluster.errors import SrclusterError
-from srcluster.metrics import quantize
-from srcluster.train.perceptual import METRICS, Y_CHANNEL_METRICS, Metric, build_metric
-
-Upscaler = Callable[[torch.Tensor], torch.Tensor]  # float (B, C, h, w) in [0, 1] -> (B, C, h*s, w*s)
-
-
-def tiled_upscale(net: Upscaler, lr: torch.Tensor, scale: int, tile: int, overlap: int = 8) -> torch.Tensor:
-    """Upscale `lr` (B, C, h, w) tile by tile: each `tile` x `tile` block is run with `overlap` pixels of the image
-    around it as context, and only the block's own part of the output is kept (no blending).
-
-    Output pixels near a tile edge then see the same input as in one whole-image pass, so a model whose receptive
-    field reaches at most `overlap` LR pixels gives the untiled result exactly; for larger receptive fields the
-    difference shrinks as the overlap grows. `tile <= 0`, or an image no larger than one tile, runs in one pass.
-    """
-    h, w = lr.shape[-2:]
-    if tile <= 0 or (h <= tile and w <= tile):
-        return net(lr)
-    out: torch.Tensor | None = None
-    for top in range(0, h, tile):
-        for left in range(0, w, tile):
-            bottom, right = min(top + tile, h), min(left + tile, w)
-            t0, l0 = max(top - overlap, 0), max(left - overlap, 0)
-            t1, l1 = min(bottom + overlap, h), min(right + overlap, w)
-            sr = net(lr[..., t0:t1, l0:l1])
-            if out is None:
-                out = sr.new_zeros(*sr.shape[:-2], h * scale, w * scale)
-            out[..., top * scale:bottom * scale, left * scale:right * scale] = \
-                sr[..., (top - t0) * scale:(bottom - t0) * scale, (left - l0) * scale:(right - l0) * scale]
-    assert out is not None
-    return out
-
-
-def load_model(source: str, scale: int, device: torch.device):
-    """A generator from a .safetensors/.pth path, any fsspec URL or a `models:/` URI, loaded weights-only, that must
-    upscale by `scale`."""
-    from srcluster.upscale import load_upscaler
-
-    model = load_upscaler(source, device)
-    if model.scale != scale:
-        raise SrclusterError(f"model {source} is a x{model.scale} model ({model.name}), not x{scale}")
-    return model
-
-
-def bicubic_upscaler(scale: int) -> Upscaler:
-    return lambda lr: imresize(lr, scale, kernel="bicubic")
-
+from srcluster.components.metrics import quantize
+from srcluster.components.perceptual import METRICS, Y_CHANNEL_METRICS, Metric, build_metric
+from srcluster.infer.upscaler import Network, bicubic_upscaler, load_model, tiled_upscale
 
 def metric_options(name: str, scale: int, test_y_channel: bool) -> dict[str, Any]:
     """Paper conventions: a `scale`-pixel border is cropped for every metric; PSNR/SSIM may be taken on Y."""
@@ -92,7 +49,7 @@ def evaluate(hr_dir: str, scale: int, model: str | None = None, metrics: Iterabl
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     scorers: dict[str, Metric] = {name: build_metric(name, **metric_options(name, scale, test_y_channel))
                                   for name in names}
-    net: Upscaler = load_model(model, scale, device) if model else bicubic_upscaler(scale)
+    net: Network = load_model(model, scale, device) if model else bicubic_upscaler(scale)
 
     rows: list[dict[str, Any]] = []
     for name, hr in iter_images(hr_dir):

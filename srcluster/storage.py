@@ -19,6 +19,7 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,3 +246,8 @@ class StorageSettings:
             raise StorageError(f"S3 at {endpoint} answered {code} for bucket '{bucket}'") from None
         except BotoCoreError as exc:
             raise StorageError(f"S3 request to {endpoint} for {url} failed: {exc.__class__.__name__}") from None
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of `scheme://user:password@host` URLs."""
+    return re.sub(r"(://[^/:@]+):[^/@]+@", r"\1:***@", url)

@@ -2,7 +2,7 @@
 
 MODEL is a .safetensors/.pth path or URL, or a registry URI (`models:/name@alias`, `models:/name/version`). spandrel
 recognises the architecture from the weights; when it cannot, the arch name, options and scale recorded in the registry
-build it. Large images go through `evaluate.tiled_upscale` (overlapping tiles, no seams for models whose receptive
+build it (`infer.upscaler`). Large images go through overlapping tiles (overlapping tiles, no seams for models whose receptive
 field fits in the overlap); on CUDA the network runs under bf16 autocast. Users judge perceptual models by eye: this is
 how they look at them.
 """
@@ -11,87 +11,12 @@ from __future__ import annotations
 
 import argparse
 import posixpath
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
 from srcluster.errors import SrclusterError
-
-
-@dataclass
-class Upscaler:
-    """A loaded generator: float (B, 3, h, w) in [0, 1] -> (B, 3, h*scale, w*scale)."""
-
-    net: Callable[[torch.Tensor], torch.Tensor]
-    scale: int
-    name: str
-    device: torch.device
-    bf16: bool = True
-
-    def __call__(self, lr: torch.Tensor) -> torch.Tensor:
-        return self.net(lr)
-
-
-def load_upscaler(source: str, device: torch.device | str | None = None, *, arch: str | None = None,
-                  options: dict[str, Any] | None = None, scale: int | None = None) -> Upscaler:
-    """A generator from a path, fsspec URL or `models:/` URI, loaded weights-only onto `device`."""
-    from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
-
-    from srcluster.models import is_model_uri, resolve_model_uri
-    from srcluster.storage import StorageSettings
-    from srcluster.train.weights import read_state_dict
-
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    path = source
-    if is_model_uri(source):
-        path, arch, options, scale = resolve_model_uri(source)
-    else:
-        fs, inner = StorageSettings.resolve().filesystem(source)
-        if not fs.exists(inner):
-            raise SrclusterError(f"model {source} does not exist")
-    state = read_state_dict(path)
-    try:
-        model = ModelLoader(device).load_from_state_dict(state)
-    except UnsupportedModelError:
-        model = None
-    if isinstance(model, ImageModelDescriptor):
-        return Upscaler(model.eval(), model.scale, model.architecture.name, device, model.supports_bfloat16)
-    if model is not None:
-        raise SrclusterError(f"model {source} is a {model.architecture.name} model, not an image-to-image one")
-    if arch is None or scale is None:
-        raise SrclusterError(f"model {source}: spandrel does not recognise its architecture (a registry model, "
-                             "models:/NAME@ALIAS, carries its arch)")
-    from srcluster.train.archs import build_generator
-
-    net = build_generator(arch, scale, **(options or {}))
-    try:
-        net.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
-    except RuntimeError as exc:
-        raise SrclusterError(f"model {source} does not match its recorded arch {arch}: "
-                             f"{str(exc).splitlines()[0]}") from None
-    net = net.eval().to(device)
-    return Upscaler(lambda x: net(x).clamp_(0, 1), scale, arch, device)
-
-
-def upscale_tensor(model: Upscaler, lr: torch.Tensor, tile: int = 512, overlap: int = 32) -> torch.Tensor:
-    """float (B, 3, h, w) in [0, 1] on any device -> float32 (B, 3, h*s, w*s) on the model's device."""
-    from srcluster.evaluate import tiled_upscale
-
-    lr = lr.to(model.device, torch.float32)
-    autocast = model.device.type == "cuda" and model.bf16
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-        return tiled_upscale(model, lr, model.scale, tile, overlap).float().clamp_(0, 1)
-
-
-def upscale_array(model: Upscaler, rgb: np.ndarray, tile: int = 512, overlap: int = 32) -> np.ndarray:
-    """uint8 H x W x 3 RGB -> uint8 (H*s) x (W*s) x 3 RGB."""
-    lr = torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1)[None].float().div_(255)
-    sr = upscale_tensor(model, lr, tile, overlap)
-    return sr[0].mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+from srcluster.infer.upscaler import load_upscaler, upscale_array
 
 
 def output_path(out: Path, rel: str, single_file: bool) -> Path:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from free_ports import free_port_block
+from helpers.free_ports import free_port_block
 
 from srcluster import stack as local_stack
 

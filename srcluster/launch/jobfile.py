@@ -12,7 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from srcluster.config import Job, parse_job, read_yaml, redact_url
+from srcluster.config import Job, parse_job, read_yaml
+from srcluster.storage import redact_url
 from srcluster.errors import ConfigError, SrclusterError
 
 
@@ -78,7 +79,7 @@ class JobFile:
 
 def load(path: str | Path) -> JobFile:
     """Read and validate a job or recipe file, as `srcluster train` / `srcluster pipeline` will on the cluster."""
-    from srcluster.pipeline import parse_recipe
+    from srcluster.recipes.pipeline import parse_recipe
 
     path = Path(path)
     if path.is_dir():

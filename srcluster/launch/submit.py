@@ -23,7 +23,7 @@ from typing import TextIO
 from unittest import mock
 
 from srcluster import __version__
-from srcluster.config import redact_url
+from srcluster.storage import redact_url
 from srcluster.errors import SrclusterError
 from srcluster.launch.jobfile import JobFile, load, relative_to_cwd
 
@@ -84,7 +84,7 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
 def job_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The endpoints a stage needs, without secrets: storage's public_env() and the MLflow tracking URI."""
     from srcluster.storage import StorageSettings
-    from srcluster.track import resolve_tracking_uri
+    from srcluster.tracking.tracker import resolve_tracking_uri
 
     env = StorageSettings.resolve().public_env()
     uri = resolve_tracking_uri()

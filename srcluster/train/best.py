@@ -52,7 +52,7 @@ class Best:
 def publish(url: str, net: nn.Module, best: Best) -> None:
     """Upload the generator of the new best, then point `best.json` at it, then drop the generators it replaced."""
     from srcluster.storage import StorageSettings
-    from srcluster.train.weights import export_generator
+    from srcluster.components.weights import export_generator
 
     fs, root = StorageSettings.resolve().filesystem(url)
     name = f"net_g_ema_{best.iteration:07d}.safetensors"

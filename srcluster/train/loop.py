@@ -23,7 +23,8 @@ from torch import nn
 
 from srcluster.config import Job
 from srcluster.degrade.resize import imresize
-from srcluster.train import archs, losses, weights
+from srcluster.components import archs, losses, weights
+from srcluster.tracking.models import weights_file
 from srcluster.train.batch import to_batch
 from srcluster.train.best import Best, publish as publish_best
 from srcluster.train.validate import ValImage, build_metrics, prepare, validate
@@ -150,7 +151,7 @@ def build_stage(job: Job, device: torch.device, wrap=lambda net: net, log=print)
     torch.manual_seed(job.manual_seed or 0)  # same initial weights on every rank
     raw_g = archs.build_generator(job.network_g.type, job.scale, **job.network_g.options()).to(device)
     if job.path.pretrain_network_g:
-        report = weights.load_pretrain(raw_g, job.path.pretrain_network_g, param_key=job.path.param_key_g,
+        report = weights.load_pretrain(raw_g, weights_file(job.path.pretrain_network_g), param_key=job.path.param_key_g,
                                        strict=job.path.strict_load_g)
         log(f"pretrain: {report.summary()}")
     if job.use_channels_last:
@@ -175,7 +176,7 @@ def build_stage(job: Job, device: torch.device, wrap=lambda net: net, log=print)
         assert job.network_d is not None  # the config validator guarantees it
         raw_d = archs.build_discriminator(job.network_d.type, **job.network_d.options()).to(device)
         if job.path.pretrain_network_d:
-            report = weights.load_pretrain(raw_d, job.path.pretrain_network_d, param_key=job.path.param_key_d,
+            report = weights.load_pretrain(raw_d, weights_file(job.path.pretrain_network_d), param_key=job.path.param_key_d,
                                            strict=job.path.strict_load_d)
             log(f"pretrain D: {report.summary()}")
         stage.raw_d, stage.net_d = raw_d, wrap(raw_d)
@@ -292,7 +293,7 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from srcluster.data.stream import iter_images, split_units, train_loader
-    from srcluster.track import Tracker
+    from srcluster.tracking.tracker import Tracker
 
     job = Job.model_validate(config["job"])
     # Ray Train logs every report at INFO ("Reporting training result ...", through a logger named after its file);

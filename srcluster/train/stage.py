@@ -20,7 +20,8 @@ from srcluster.config import Job
 from srcluster.data.remote import DEADLINE_ENV
 from srcluster.errors import SrclusterError
 from srcluster.storage import StorageSettings, is_s3, local_stack_endpoint
-from srcluster.track import Tracker, job_params, sync_spool
+from srcluster.config import job_params
+from srcluster.tracking.tracker import Tracker, sync_spool
 from srcluster.train.best import read as read_best
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def preflight(job: Job, settings: StorageSettings, storage: str, tracker: Tracke
 def check_weights(job: Job) -> None:
     """Build the losses and metrics that read pretrained weights (VGG19, LPIPS, DISTS) once here, on the CPU, so a
     missing weights file is reported before any worker starts."""
-    from srcluster.train.losses import build_loss
+    from srcluster.components.losses import build_loss
     from srcluster.train.validate import build_metrics
 
     for spec in job.train.losses:

@@ -11,7 +11,7 @@ from torch import nn
 
 from srcluster.config import Metric
 from srcluster.degrade.resize import bicubic_downscale, imresize
-from srcluster.train import perceptual
+from srcluster.components import perceptual
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 from srcluster import home
 from srcluster.errors import SrclusterError
 from srcluster.storage import StorageSettings
-from srcluster.track import Tracker
+from srcluster.tracking.tracker import Tracker
 from srcluster.tune.space import LoadedSearch
 from srcluster.tune.trial import TRIAL_TAG, TrialContext, distributed_trial, single_trial
 
@@ -46,7 +46,7 @@ class SearchOutcome:
     rows: list[TrialRow]
     parent_run_id: str
     best: TrialRow | None
-    candidate: Any = None  # srcluster.models.ModelRef
+    candidate: Any = None  # srcluster.tracking.models.ModelRef
     output_dir: Path | None = None
     files: list[Path] = field(default_factory=list)
 
@@ -269,7 +269,7 @@ def finish(outcome: SearchOutcome, search: LoadedSearch, tracker: Tracker, outpu
 
 def register_candidate(outcome: SearchOutcome, search: LoadedSearch, tracker: Tracker, log):
     """The best trial's generator in the model registry, alias `candidate`, with its lineage in the tags."""
-    from srcluster import models
+    from srcluster.tracking import models
 
     best, job = outcome.best, search.base_job
     if best.generator_uri is None or best.run_id is None:

@@ -163,7 +163,7 @@ def _hint(name: str, known: list[str]) -> str:
 def set_path(data: dict, path: str, value: Any, where: str = "space") -> None:
     """Set `path` in a job dict. `train.losses.<type>.<key>` addresses the loss of that type; a dict value is merged
     into the dict at `path` (so `datasets.train: {lq_size: .., batch_size_per_gpu: ..}` changes both together)."""
-    from srcluster.pipeline import deep_merge
+    from srcluster.recipes.pipeline import deep_merge
 
     parts = path.split(".")
     node: Any = data
@@ -324,7 +324,7 @@ def validate_job(data: dict, source: str) -> Job:
 
 def resolve_metric(spec: SearchFile, base: Job, source: str) -> tuple[str, str, str]:
     """(reported metric name, mode, val.metrics key). The default is perceptual when its weights are available."""
-    from srcluster.train import perceptual
+    from srcluster.components import perceptual
 
     configured = {name: m.type.removeprefix("calculate_") for name, m in base.val.metrics.items()}
     if spec.metric is not None:
@@ -348,7 +348,7 @@ def resolve_metric(spec: SearchFile, base: Job, source: str) -> tuple[str, str, 
 
 
 def metric_direction(kind: str, source: str) -> str:
-    from srcluster.train import perceptual
+    from srcluster.components import perceptual
 
     try:
         return perceptual.build_metric(kind).better
@@ -369,7 +369,7 @@ def load_base(base: Base, source: str) -> Job:
 
 def _load_base(base: Base, source: str) -> Job:
     from srcluster.config import load_job
-    from srcluster.pipeline import STAGES, load_recipe
+    from srcluster.recipes.pipeline import STAGES, load_recipe
 
     folder = Path(source).parent
     if base.job is not None:

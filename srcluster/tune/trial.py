@@ -77,7 +77,7 @@ def apply_optimizer_options(optimizer, scheduler, options) -> None:
 
 def child_run(tracker, ctx: TrialContext, job, trial_id: str):
     """The trial's MLflow run: found again by its trial id after a PBT restart or a resumed search."""
-    from srcluster.track import job_params
+    from srcluster.config import job_params
 
     run = tracker.find_run(ctx.experiment, {TRIAL_TAG: trial_id})
     if run is not None:
@@ -92,8 +92,8 @@ def single_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from ray import tune
 
     from srcluster.data.stream import iter_images, train_loader
-    from srcluster.track import Tracker
-    from srcluster.train import weights
+    from srcluster.tracking.tracker import Tracker
+    from srcluster.components import weights
     from srcluster.train.loop import GENERATOR_FILE, STATE_FILE, build_stage, check_finite, load_state_file, train_step
     from srcluster.train.validate import build_metrics, prepare, validate
 

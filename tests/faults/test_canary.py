@@ -29,7 +29,8 @@ from srcluster import stack as local_stack
 from srcluster.config import parse_job
 from srcluster.errors import SrclusterError
 from srcluster.storage import StorageSettings
-from srcluster.track import Tracker, job_params
+from srcluster.config import job_params
+from srcluster.tracking.tracker import Tracker
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_CANARY = "CANARY-" + uuid.uuid4().hex  # for what must not leak even when it cannot reach S3
@@ -246,7 +247,7 @@ class Payload:
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_pickle_checkpoint_cannot_run_code(s3, tmp_path, where, fault_record):
-    from srcluster.train.weights import read_state_dict
+    from srcluster.components.weights import read_state_dict
 
     marker = tmp_path / f"pickle-payload-ran-{where}"
     buffer = io.BytesIO()

@@ -21,9 +21,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from srcluster import cli
+from helpers.shared import shared_data
 
 REPO = Path(__file__).resolve().parents[2]
-TEMPLATES = Path("/work/shared/data/trainner-redux-templates")
+TEMPLATES = shared_data("trainner-redux-templates")
 EXAMPLES = int(os.environ.get("SRCLUSTER_FUZZ_EXAMPLES", "150"))  # more for a deeper search; CI keeps 150
 
 

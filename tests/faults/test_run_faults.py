@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from drivers import kill_when
+from helpers.drivers import kill_when
 from srcluster import stack as local_stack
 from srcluster.config import parse_job
 from srcluster.data.sample import build_sample_dataset
 from srcluster.storage import StorageSettings
-from srcluster.track import Tracker
+from srcluster.tracking.tracker import Tracker
 from srcluster.train.stage import default_storage, recorded_checkpoints, run_key, run_stage
 
 pytestmark = pytest.mark.slow
@@ -214,7 +214,7 @@ def test_mlflow_down_during_a_run_loses_nothing(stack, ray_cluster, data, fault_
     result = run.join()
     assert result is not None, run.error
     assert result.iterations == 80
-    from srcluster.track import sync_spool
+    from srcluster.tracking.tracker import sync_spool
 
     sync_spool()  # whatever the workers still held when they ended
     client = Tracker().client

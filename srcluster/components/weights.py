@@ -1,0 +1,99 @@
+"""Generator weights in and out: pretrain loading (strict or not), safetensors export, training-state checkpoints.
+
+Everything read from a path, URL or checkpoint is loaded as safetensors or with `torch.load(weights_only=True)`, so a
+checkpoint from object storage can never run code.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from srcluster.errors import SrclusterError
+from srcluster.storage import StorageSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadReport:
+    source: str
+    loaded: int
+    skipped: list[str] = field(default_factory=list)  # "name: why"
+    missing: list[str] = field(default_factory=list)  # model tensors the pretrain did not have
+
+    def summary(self) -> str:
+        text = f"loaded {self.loaded} tensors from {self.source}"
+        if self.skipped:
+            text += f"; skipped {len(self.skipped)}: {', '.join(self.skipped[:6])}{' …' if len(self.skipped) > 6 else ''}"
+        if self.missing:
+            text += f"; {len(self.missing)} left at their initial values"
+        return text
+
+
+def read_state_dict(source: str, param_key: str | None = None) -> dict[str, torch.Tensor]:
+    """A state dict from a local path or any fsspec URL; `.safetensors` or a `.pth` (params_ema/params/... keys).
+    Registry URIs (`models:/...`) are resolved to a file one layer up (`tracking.models.weights_file`)."""
+    if source.startswith("models:/"):
+        raise SrclusterError(f"pretrain {source}: resolve registry URIs with tracking.models.weights_file first")
+    fs, path = StorageSettings.resolve().filesystem(source)
+    try:
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        raise SrclusterError(f"pretrain {source} does not exist") from None
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load as load_safetensors
+
+        return load_safetensors(data)
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # a pickle with code in it, or not a torch file at all
+        raise SrclusterError(f"pretrain {source} is not a weights-only torch file or safetensors ({exc.__class__.__name__})") from None
+    if param_key:
+        if param_key not in state:
+            raise SrclusterError(f"pretrain {source} has no key {param_key!r} (keys: {', '.join(map(str, state))})")
+        return state[param_key]
+    for key in ("params_ema", "params", "state_dict", "model"):
+        if isinstance(state.get(key), dict):
+            return state[key]
+    return state
+
+
+def load_pretrain(net: nn.Module, source: str, *, param_key: str | None = None, strict: bool = True) -> LoadReport:
+    """strict: every tensor must match in name and shape. Not strict: load what matches, report the rest.
+
+    Not strict is how a 2x pretrain starts a 4x model: everything but the upsampler carries over.
+    """
+    incoming = {k.removeprefix("module."): v for k, v in read_state_dict(source, param_key).items()}
+    own = net.state_dict()
+    report = LoadReport(source, 0)
+    usable = {}
+    for name, tensor in incoming.items():
+        if name not in own:
+            report.skipped.append(f"{name} (not in model)")
+        elif own[name].shape != tensor.shape:
+            report.skipped.append(f"{name} (shape {tuple(tensor.shape)} vs {tuple(own[name].shape)})")
+        else:
+            usable[name] = tensor
+    report.missing = [name for name in own if name not in usable]
+    if strict and (report.skipped or report.missing):
+        problems = report.skipped + [f"{name} (missing in pretrain)" for name in report.missing]
+        raise SrclusterError(f"strict_load_g: pretrain {source} does not match the model: {'; '.join(problems[:10])}"
+                             f"{' …' if len(problems) > 10 else ''} (set path.strict_load_g: false to load what matches)")
+    net.load_state_dict(usable, strict=False)
+    report.loaded = len(usable)
+    return report
+
+
+def export_generator(net: nn.Module, path: Path) -> Path:
+    """Save a plain state dict as safetensors: spandrel's ModelLoader recognises the architecture from it."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(path))
+    return path

@@ -1,0 +1,127 @@
+"""The one inference path: a generator loaded weights-only from a path, fsspec URL or `models:/` URI, run on
+overlapping tiles on any device (bf16 autocast on CUDA where the architecture supports it).
+
+Validation, `srcluster evaluate`, `srcluster upscale`, the pipeline report and the registered pyfunc model all upscale
+through here. spandrel recognises the architecture from the weights; when it cannot, the arch name, options and scale
+recorded in the registry build it. `tiled_upscale` keeps large images (DAT/HAT validation sets, 4K photos) in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
+
+from srcluster.components.archs import build_generator
+from srcluster.components.weights import read_state_dict
+from srcluster.degrade.resize import imresize
+from srcluster.errors import SrclusterError
+from srcluster.storage import StorageSettings
+from srcluster.tracking.models import is_model_uri, resolve_model_uri
+
+Network = Callable[[torch.Tensor], torch.Tensor]  # float (B, C, h, w) in [0, 1] -> (B, C, h*s, w*s)
+
+
+@dataclass
+class Upscaler:
+    """A loaded generator: float (B, 3, h, w) in [0, 1] -> (B, 3, h*scale, w*scale)."""
+
+    net: Callable[[torch.Tensor], torch.Tensor]
+    scale: int
+    name: str
+    device: torch.device
+    bf16: bool = True
+
+    def __call__(self, lr: torch.Tensor) -> torch.Tensor:
+        return self.net(lr)
+
+
+def load_upscaler(source: str, device: torch.device | str | None = None, *, arch: str | None = None,
+                  options: dict[str, Any] | None = None, scale: int | None = None) -> Upscaler:
+    """A generator from a path, fsspec URL or `models:/` URI, loaded weights-only onto `device`."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    path = source
+    if is_model_uri(source):
+        path, arch, options, scale = resolve_model_uri(source)
+    else:
+        fs, inner = StorageSettings.resolve().filesystem(source)
+        if not fs.exists(inner):
+            raise SrclusterError(f"model {source} does not exist")
+    state = read_state_dict(path)
+    try:
+        model = ModelLoader(device).load_from_state_dict(state)
+    except UnsupportedModelError:
+        model = None
+    if isinstance(model, ImageModelDescriptor):
+        return Upscaler(model.eval(), model.scale, model.architecture.name, device, model.supports_bfloat16)
+    if model is not None:
+        raise SrclusterError(f"model {source} is a {model.architecture.name} model, not an image-to-image one")
+    if arch is None or scale is None:
+        raise SrclusterError(f"model {source}: spandrel does not recognise its architecture (a registry model, "
+                             "models:/NAME@ALIAS, carries its arch)")
+    net = build_generator(arch, scale, **(options or {}))
+    try:
+        net.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+    except RuntimeError as exc:
+        raise SrclusterError(f"model {source} does not match its recorded arch {arch}: "
+                             f"{str(exc).splitlines()[0]}") from None
+    net = net.eval().to(device)
+    return Upscaler(lambda x: net(x).clamp_(0, 1), scale, arch, device)
+
+
+def upscale_tensor(model: Upscaler, lr: torch.Tensor, tile: int = 512, overlap: int = 32) -> torch.Tensor:
+    """float (B, 3, h, w) in [0, 1] on any device -> float32 (B, 3, h*s, w*s) on the model's device."""
+    lr = lr.to(model.device, torch.float32)
+    autocast = model.device.type == "cuda" and model.bf16
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        return tiled_upscale(model, lr, model.scale, tile, overlap).float().clamp_(0, 1)
+
+
+def upscale_array(model: Upscaler, rgb: np.ndarray, tile: int = 512, overlap: int = 32) -> np.ndarray:
+    """uint8 H x W x 3 RGB -> uint8 (H*s) x (W*s) x 3 RGB."""
+    lr = torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1)[None].float().div_(255)
+    sr = upscale_tensor(model, lr, tile, overlap)
+    return sr[0].mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def tiled_upscale(net: Network, lr: torch.Tensor, scale: int, tile: int, overlap: int = 8) -> torch.Tensor:
+    """Upscale `lr` (B, C, h, w) tile by tile: each `tile` x `tile` block is run with `overlap` pixels of the image
+    around it as context, and only the block's own part of the output is kept (no blending).
+
+    Output pixels near a tile edge then see the same input as in one whole-image pass, so a model whose receptive
+    field reaches at most `overlap` LR pixels gives the untiled result exactly; for larger receptive fields the
+    difference shrinks as the overlap grows. `tile <= 0`, or an image no larger than one tile, runs in one pass.
+    """
+    h, w = lr.shape[-2:]
+    if tile <= 0 or (h <= tile and w <= tile):
+        return net(lr)
+    out: torch.Tensor | None = None
+    for top in range(0, h, tile):
+        for left in range(0, w, tile):
+            bottom, right = min(top + tile, h), min(left + tile, w)
+            t0, l0 = max(top - overlap, 0), max(left - overlap, 0)
+            t1, l1 = min(bottom + overlap, h), min(right + overlap, w)
+            sr = net(lr[..., t0:t1, l0:l1])
+            if out is None:
+                out = sr.new_zeros(*sr.shape[:-2], h * scale, w * scale)
+            out[..., top * scale:bottom * scale, left * scale:right * scale] = \
+                sr[..., (top - t0) * scale:(bottom - t0) * scale, (left - l0) * scale:(right - l0) * scale]
+    assert out is not None
+    return out
+
+
+def load_model(source: str, scale: int, device: torch.device):
+    """A generator from a .safetensors/.pth path, any fsspec URL or a `models:/` URI, loaded weights-only, that must
+    upscale by `scale`."""
+    model = load_upscaler(source, device)
+    if model.scale != scale:
+        raise SrclusterError(f"model {source} is a x{model.scale} model ({model.name}), not x{scale}")
+    return model
+
+
+def bicubic_upscaler(scale: int) -> Network:
+    return lambda lr: imresize(lr, scale, kernel="bicubic")

@@ -1,0 +1,292 @@
+"""The pieces of a training stage, on CPU without Ray: losses, EMA, accumulation, checkpoints, weights in and out."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from srcluster.config import parse_job
+from srcluster.errors import SrclusterError
+from srcluster.components import archs, losses, weights
+from srcluster.train.loop import EMA, build_stage, train_step
+
+
+def job(**overrides):
+    data = {
+        "name": "unit", "scale": 2, "manual_seed": 3,
+        "datasets": {"train": {"dataroot_gt": "memory://none", "lq_size": 8, "batch_size_per_gpu": 4}},
+        "network_g": {"type": "compact", "num_feat": 8, "num_conv": 2},
+        "train": {"total_iter": 10, "ema_decay": 0.9, "losses": [{"type": "charbonnierloss"}]},
+    }
+    for key, value in overrides.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return parse_job(data)
+
+
+def hr_batches(n, batch, seed=0, size=16):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (batch, 3, size, size), generator=g, dtype=torch.uint8) for _ in range(n)]
+
+
+def test_losses_against_hand_computed_values():
+    sr, gt = torch.tensor([[0.0, 0.5]]), torch.tensor([[0.3, 0.5]])
+    assert losses.build_loss("l1loss")(sr, gt).item() == pytest.approx(0.15)
+    assert losses.build_loss("charbonnierloss", eps=1e-6)(sr, gt).item() == pytest.approx(
+        (math.sqrt(0.09 + 1e-6) + math.sqrt(1e-6)) / 2)
+    logits = torch.tensor([2.0, -1.0])
+    vanilla = losses.build_loss("ganloss", gan_type="vanilla")
+    assert vanilla(logits, True).item() == pytest.approx(
+        (math.log1p(math.exp(-2)) + math.log1p(math.exp(1))) / 2, rel=1e-6)
+    hinge = losses.build_loss("ganloss", gan_type="hinge")
+    assert hinge(logits, True, is_disc=True).item() == pytest.approx((0 + 2) / 2)
+    assert hinge(logits, False, is_disc=True).item() == pytest.approx((3 + 0) / 2)
+    assert hinge(logits, True, is_disc=False).item() == pytest.approx(-0.5)
+    assert losses.build_loss("ganloss", gan_type="lsgan")(logits, False).item() == pytest.approx((4 + 1) / 2)
+    with pytest.raises(ValueError, match="gan_type"):
+        losses.build_loss("ganloss", gan_type="wgan")
+
+
+def test_ema_follows_the_documented_decay():
+    net = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(net.weight)
+    ema = EMA(net, decay=0.999, power=0.75)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    ema.update(net)
+    d1 = min(0.999, 1 - 2 ** -0.75)
+    assert ema.net.weight.item() == pytest.approx(1 - d1)
+    ema.update(net)
+    d2 = min(0.999, 1 - 3 ** -0.75)
+    assert ema.net.weight.item() == pytest.approx(d2 * (1 - d1) + (1 - d2))
+    assert EMA(net, 0.5, 0).current_decay() == 0.5
+
+
+def record_grads(stage):
+    """Keep a copy of the generator's gradients each time its optimizer steps (Adam hides gradient scale)."""
+    seen = []
+    stage.optim_g.register_step_pre_hook(
+        lambda optimizer, args, kwargs: seen.append([p.grad.detach().clone() for p in stage.raw_g.parameters()]))
+    return seen
+
+
+def test_accumulation_equals_one_big_batch():
+    big = hr_batches(1, 4)
+    small = list(big[0].split(2))
+    a = build_stage(job(), torch.device("cpu"))
+    b = build_stage(job(datasets={"train": {"dataroot_gt": "memory://none", "lq_size": 8, "batch_size_per_gpu": 2,
+                                            "accum_iter": 2}}), torch.device("cpu"))
+    grads_a, grads_b = record_grads(a), record_grads(b)
+    la = train_step(a, iter(big), accum=1)
+    lb = train_step(b, iter(small), accum=2)
+    assert la["l_g_charbonnierloss"] == pytest.approx(lb["l_g_charbonnierloss"], rel=1e-5)
+    for ga, gb in zip(grads_a[0], grads_b[0]):
+        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-7)
+    for pa, pb in zip(a.raw_g.parameters(), b.raw_g.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=2e-5)
+
+
+def test_checkpoint_round_trip_gives_identical_next_step():
+    data = hr_batches(4, 2)
+    a = build_stage(job(), torch.device("cpu"))
+    for batch in data[:2]:
+        train_step(a, iter([batch]), 1)
+    state = copy.deepcopy(a.state())
+    expected = train_step(a, iter([data[2]]), 1)
+    b = build_stage(job(manual_seed=99), torch.device("cpu"))  # different init: everything must come from the state
+    b.load_state(state)
+    assert b.iteration == 2 and b.ema.step == 2
+    got = train_step(b, iter([data[2]]), 1)
+    assert got["l_g_charbonnierloss"] == expected["l_g_charbonnierloss"]
+    for pa, pb in zip(a.ema.net.parameters(), b.ema.net.parameters()):
+        torch.testing.assert_close(pa, pb)
+
+
+def test_gan_step_trains_generator_and_discriminator():
+    stage = build_stage(job(network_d={"type": "unetdiscriminatorsn", "num_feat": 8},
+                            train={"total_iter": 10, "losses": [{"type": "charbonnierloss"},
+                                                                {"type": "ganloss", "loss_weight": 0.1}]}),
+                        torch.device("cpu"))
+    before = [p.detach().clone() for p in stage.raw_d.parameters()]
+    out = train_step(stage, iter(hr_batches(1, 2)), 1)
+    assert {"l_g_charbonnierloss", "l_g_gan", "l_d_real", "l_d_fake"} <= set(out)
+    assert any(not torch.equal(a, b) for a, b in zip(before, stage.raw_d.parameters()))
+    assert all(p.requires_grad for p in stage.raw_d.parameters())
+
+
+@pytest.mark.parametrize("name", ["unetdiscriminatorsn", "patchgan"])
+def test_discriminators_score_images(name):
+    net = archs.build_discriminator(name, num_feat=8)
+    out = net(torch.rand(2, 3, 64, 64))
+    assert out.shape[0] == 2 and out.shape[1] == 1
+
+
+@pytest.mark.parametrize("name", ["compact", "ultracompact", "superultracompact", "span", "esrgan_lite", "realplksr"])
+def test_generators_upscale_by_the_job_scale(name):
+    net = archs.build_generator(name, 4) if name not in ("esrgan_lite", "realplksr") else \
+        archs.build_generator(name, 4, **({"num_blocks": 1} if name == "esrgan_lite" else {"n_blocks": 2}))
+    assert net(torch.rand(1, 3, 12, 12)).shape == (1, 3, 48, 48)
+
+
+def test_pretrain_loading_strict_and_not(tmp_path):
+    two = archs.build_generator("compact", 2, num_feat=8, num_conv=2)
+    path = weights.export_generator(two, tmp_path / "g.safetensors")
+    four = archs.build_generator("compact", 4, num_feat=8, num_conv=2)
+    report = weights.load_pretrain(four, str(path), strict=False)
+    assert report.loaded == len(four.state_dict()) - 2  # the last conv (weight, bias) feeds the x4 pixel shuffle
+    assert any("body.6.weight (shape" in s for s in report.skipped)
+    torch.testing.assert_close(four.state_dict()["body.0.weight"], two.state_dict()["body.0.weight"])
+    with pytest.raises(SrclusterError, match="strict_load_g: pretrain .* does not match.*body.6.weight"):
+        weights.load_pretrain(archs.build_generator("compact", 4, num_feat=8, num_conv=2), str(path), strict=True)
+    with pytest.raises(SrclusterError, match="does not exist"):
+        weights.load_pretrain(four, str(tmp_path / "missing.safetensors"))
+
+
+def test_pth_pretrains_with_param_keys_and_no_pickled_code(tmp_path):
+    net = archs.build_generator("compact", 2, num_feat=8, num_conv=2)
+    torch.save({"params_ema": net.state_dict(), "params": {}}, tmp_path / "g.pth")
+    fresh = archs.build_generator("compact", 2, num_feat=8, num_conv=2)
+    assert weights.load_pretrain(fresh, str(tmp_path / "g.pth")).loaded == len(net.state_dict())
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"params": Boom()}, tmp_path / "evil.pth")
+    with pytest.raises(SrclusterError, match="not a weights-only torch file"):
+        weights.load_pretrain(fresh, str(tmp_path / "evil.pth"))
+
+
+def test_exported_generator_loads_in_spandrel(tmp_path):
+    from spandrel import ModelLoader
+
+    net = archs.build_generator("superultracompact", 4)
+    path = weights.export_generator(net, tmp_path / "net_g_ema.safetensors")
+    model = ModelLoader().load_from_file(path)
+    assert model.architecture.id == "Compact" and model.scale == 4
+    x = torch.rand(1, 3, 8, 8)
+    torch.testing.assert_close(model.model(x), net(x))
+
+
+def test_non_finite_steps_are_skipped_and_stop_the_run_after_patience():
+    from srcluster.train.loop import NonFiniteLossError, check_finite
+
+    stage = build_stage(job(train={"total_iter": 10, "ema_decay": 0.9, "losses": [{"type": "charbonnierloss"}],
+                                   "optim_g": {"lr": 1e30}}), torch.device("cpu"))
+    batches = iter(hr_batches(6, 2))
+    train_step(stage, batches, 1)  # a finite step with an absurd lr leaves the weights at +-1e27
+    with torch.no_grad():  # make the next forward pass overflow for certain
+        for p in stage.raw_g.parameters():
+            p.fill_(float("inf"))
+    frozen = [p.detach().clone() for p in stage.raw_g.parameters()]
+    ema_before = [p.detach().clone() for p in stage.ema.net.parameters()]
+    for expected_streak in (1, 2):
+        out = train_step(stage, batches, 1)
+        assert not math.isfinite(out["l_g_charbonnierloss"])
+        assert stage.nonfinite_streak == expected_streak
+        check_finite(stage, patience=3)
+    for a, b in zip(frozen, stage.raw_g.parameters()):  # skipped: the optimizer never stepped on NaN gradients
+        assert torch.equal(a, b)
+    for a, b in zip(ema_before, stage.ema.net.parameters()):
+        assert torch.equal(a, b)
+    train_step(stage, batches, 1)
+    with pytest.raises(NonFiniteLossError, match="3 consecutive non-finite .* Lower train.optim_g.lr"):
+        check_finite(stage, patience=3)
+
+
+def test_elastic_batch_plan_holds_the_effective_batch():
+    elastic = job(datasets={"train": {"dataroot_gt": "memory://none", "lq_size": 8, "batch_size_per_gpu": 3}},
+                  srcluster={"workers": [1, 4], "cpus_per_worker": 1})
+    assert elastic.effective_batch == 12  # declared at max workers
+    plans = {w: elastic.batch_plan(w) for w in range(1, 5)}
+    assert plans == {1: (3, 4), 2: (3, 2), 3: (2, 2), 4: (3, 1)}  # the batch shrinks only where 3 does not divide
+    assert all(b * a * w == 12 for w, (b, a) in plans.items())
+    with pytest.raises(SrclusterError, match=r"srcluster.workers: effective batch 10 cannot be held on 3 workers"):
+        job(datasets={"train": {"dataroot_gt": "memory://none", "lq_size": 8, "batch_size_per_gpu": 2}},
+            srcluster={"workers": [2, 5]})
+    with pytest.raises(SrclusterError, match=r"srcluster.workers.*min <= max"):
+        job(srcluster={"workers": [3, 2]})
+
+
+def test_best_checkpoint_metric_and_plateau_counting():
+    from srcluster.train.best import Best
+
+    with pytest.raises(SrclusterError, match=r"srcluster.checkpoints.best: 'lpips' is not one of val.metrics"):
+        job(datasets={"train": {"dataroot_gt": "memory://none", "lq_size": 8, "batch_size_per_gpu": 4},
+                      "val": {"dataroot_gt": "memory://val"}}, srcluster={"checkpoints": {"best": "lpips"}})
+    best = Best("val_psnr", higher_is_better=True, min_delta=0.1, patience=2)
+    assert best.update(30.0, 10) and best.update(30.5, 20)
+    assert not best.update(30.55, 30) and not best.plateaued  # within min_delta: not an improvement
+    assert not best.update(29.0, 40) and best.plateaued and (best.value, best.iteration) == (30.5, 20)
+    lower = Best("val_lpips", higher_is_better=False)
+    assert lower.update(0.3, 1) and lower.update(0.2, 2) and not lower.update(0.25, 3) and lower.iteration == 2
+
+
+def test_tracking_calls_are_spooled_while_the_server_is_down_and_kept_in_order(tmp_path, monkeypatch):
+    import json
+    import socket
+
+    from srcluster.tracking.tracker import Tracker
+
+    monkeypatch.setenv("SRCLUSTER_HOME", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tracker = Tracker(f"http://127.0.0.1:{port}", buffered=True)
+    grid = tmp_path / "grid.png"
+    grid.write_bytes(b"png")
+    tracker.log_metrics("run1", {"loss": 0.5}, step=10)
+    tracker.log_artifact("run1", grid, "comparisons")
+    grid.unlink()  # the worker's temporary file is gone; the spool kept a copy
+    tracker.set_tags("run1", {"k": "v"})
+    tracker.end_run("run1")
+    calls = [json.loads(line) for line in tracker.spool.path.read_text().splitlines()]
+    assert [c["kind"] for c in calls] == ["metrics", "artifact", "tags", "end"]
+    assert calls[0]["metrics"] == {"loss": 0.5} and calls[0]["step"] == 10
+    assert (tmp_path / "spool" / "artifacts").exists() and open(calls[1]["path"], "rb").read() == b"png"
+    with pytest.raises(Exception):  # noqa: B017 - without a spool, an outage is the caller's error
+        Tracker(f"http://127.0.0.1:{port}").log_metrics("run1", {"loss": 0.5}, step=10)
+
+
+@pytest.mark.slow
+def test_use_compile_trains_the_same_as_eager():
+    eager, compiled = job(), job(use_compile=True)
+    batches = hr_batches(2, 4)
+    losses_seen = []
+    for config in (eager, compiled):
+        stage = build_stage(config, torch.device("cpu"), log=lambda _: None)
+        losses_seen.append([train_step(stage, iter([b]), accum=1)["l_g_charbonnierloss"] for b in batches])
+    assert losses_seen[1] == pytest.approx(losses_seen[0], rel=1e-4)
+
+
+def test_checkpoint_files_are_read_whole_from_storage_by_each_rank(stack, tmp_path):
+    """Resume reads state.pt through the checkpoint's own filesystem into memory. Ray's `as_directory()` shares one
+    download folder per node, and a rank taking its lock after another rank's download downloads again over the files
+    that rank is still reading: a torn state.pt, seen on resume with 2 ranks on one node."""
+    import io
+    import os
+
+    from ray.train import Checkpoint
+
+    from srcluster.storage import StorageSettings
+    from srcluster.train.loop import GENERATOR_FILE, STATE_FILE, checkpoint_file, load_state_file
+
+    state = {"iteration": 7, "w": torch.arange(50_000, dtype=torch.float32)}
+    raw = io.BytesIO()
+    torch.save(state, raw)
+    fs = StorageSettings.resolve().pyarrow_filesystem()
+    folder = "srcluster/parts/checkpoint_0000007"
+    for name, data in ((STATE_FILE, raw.getvalue()), (GENERATOR_FILE, b"weights")):
+        with fs.open_output_stream(f"{folder}/{name}") as out:
+            out.write(data)
+    local = tmp_path / "checkpoint_0000007"
+    local.mkdir()
+    (local / STATE_FILE).write_bytes(raw.getvalue())
+
+    remote = Checkpoint(path=folder, filesystem=fs)
+    for checkpoint in (remote, Checkpoint.from_directory(str(local))):
+        loaded = load_state_file(checkpoint, torch.device("cpu"))
+        assert loaded["iteration"] == 7 and torch.equal(loaded["w"], state["w"])
+    assert checkpoint_file(remote, GENERATOR_FILE) == b"weights"
+    assert not os.path.exists(remote._get_temporary_checkpoint_dir())  # no shared download folder was made
