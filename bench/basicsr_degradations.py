@@ -16,8 +16,13 @@ import cv2
 import numpy as np
 from scipy import special
 
-CV2_MODES = {"area": cv2.INTER_AREA, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC,
-             "lanczos": cv2.INTER_LANCZOS4, "nearest-exact": cv2.INTER_NEAREST_EXACT}
+CV2_MODES = {
+    "area": cv2.INTER_AREA,
+    "bilinear": cv2.INTER_LINEAR,
+    "bicubic": cv2.INTER_CUBIC,
+    "lanczos": cv2.INTER_LANCZOS4,
+    "nearest-exact": cv2.INTER_NEAREST_EXACT,
+}
 
 
 # --- kernels (BasicSR: mesh_grid, sigma_matrix2, bivariate_*, random_mixed_kernels, circular_lowpass_kernel) ---------
@@ -51,8 +56,14 @@ def bivariate_kernel(kind: str, k: int, sx: float, sy: float, theta: float, beta
 def circular_lowpass_kernel(cutoff: float, k: int, pad_to: int = 0) -> np.ndarray:
     c = (k - 1) / 2
     with np.errstate(divide="ignore", invalid="ignore"):
-        kernel = np.fromfunction(lambda x, y: cutoff * special.j1(cutoff * np.sqrt((x - c) ** 2 + (y - c) ** 2))
-                                 / (2 * np.pi * np.sqrt((x - c) ** 2 + (y - c) ** 2)), [k, k])
+        kernel = np.fromfunction(
+            lambda x, y: (
+                cutoff
+                * special.j1(cutoff * np.sqrt((x - c) ** 2 + (y - c) ** 2))
+                / (2 * np.pi * np.sqrt((x - c) ** 2 + (y - c) ** 2))
+            ),
+            [k, k],
+        )
     kernel[k // 2, k // 2] = cutoff**2 / (4 * np.pi)
     kernel = kernel / np.sum(kernel)
     if pad_to > k:
@@ -64,8 +75,11 @@ def circular_lowpass_kernel(cutoff: float, k: int, pad_to: int = 0) -> np.ndarra
 def random_mixed_kernel(rng: np.random.Generator, kinds, probs, k: int, sigma, betag, betap) -> np.ndarray:
     kind = kinds[rng.choice(len(kinds), p=np.asarray(probs) / np.sum(probs))]
     sx = rng.uniform(*sigma)
-    sy, theta = (sx, 0.0) if kind.endswith("iso") and not kind.endswith("aniso") else (rng.uniform(*sigma),
-                                                                                        rng.uniform(-math.pi, math.pi))
+    sy, theta = (
+        (sx, 0.0)
+        if kind.endswith("iso") and not kind.endswith("aniso")
+        else (rng.uniform(*sigma), rng.uniform(-math.pi, math.pi))
+    )
     beta = 1.0
     if kind.startswith(("generalized", "plateau")):
         lo, hi = betag if kind.startswith("generalized") else betap
@@ -80,9 +94,15 @@ def draw_kernel(rng: np.random.Generator, opt: dict[str, Any], suffix: str, pad_
         omega = rng.uniform(np.pi / 3, np.pi) if k < 13 else rng.uniform(np.pi / 5, np.pi)
         kernel = circular_lowpass_kernel(omega, k)
     else:
-        kernel = random_mixed_kernel(rng, opt["kernel_list" + suffix], opt["kernel_prob" + suffix], k,
-                                     opt["blur_sigma" + suffix], opt["betag_range" + suffix],
-                                     opt["betap_range" + suffix])
+        kernel = random_mixed_kernel(
+            rng,
+            opt["kernel_list" + suffix],
+            opt["kernel_prob" + suffix],
+            k,
+            opt["blur_sigma" + suffix],
+            opt["betag_range" + suffix],
+            opt["betap_range" + suffix],
+        )
     p = (pad_to - k) // 2
     return np.pad(kernel, ((p, p), (p, p)))
 
@@ -106,7 +126,7 @@ def add_poisson_noise(img: np.ndarray, rng: np.random.Generator, scale: float, g
 
 def add_jpeg(img: np.ndarray, quality: float) -> np.ndarray:
     bgr = cv2.cvtColor((np.clip(img, 0, 1) * 255.0).round().astype(np.uint8), cv2.COLOR_RGB2BGR)
-    _, encoded = cv2.imencode(".jpg", bgr, [int(cv2.IMWRITE_JPEG_QUALITY), int(round(quality))])
+    _, encoded = cv2.imencode(".jpg", bgr, [int(cv2.IMWRITE_JPEG_QUALITY), round(quality)])
     return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
 
 
@@ -124,8 +144,7 @@ def _chance(rng: np.random.Generator, p: float) -> bool:
     return rng.uniform() < p
 
 
-def _resize(img: np.ndarray, rng: np.random.Generator, opt: dict[str, Any], suffix: str,
-            size_of) -> np.ndarray:
+def _resize(img: np.ndarray, rng: np.random.Generator, opt: dict[str, Any], suffix: str, size_of) -> np.ndarray:
     probs = np.asarray(opt["resize_prob" + suffix], dtype=np.float64)
     updown = rng.choice(3, p=probs / probs.sum())
     lo, hi = opt["resize_range" + suffix]

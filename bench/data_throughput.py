@@ -61,7 +61,7 @@ class PngFolder(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        from srcluster.data.stream import random_crop
+        from srcluster.data.crops import random_crop
 
         patch = random_crop(self.paths[index].read_bytes(), None, CROP, 1, _rng)[0]
         return torch.from_numpy(np.ascontiguousarray(patch.transpose(2, 0, 1)))
@@ -71,7 +71,7 @@ _rng = np.random.default_rng(0)
 
 
 def _worker_init(worker: int) -> None:
-    global _rng
+    global _rng  # noqa: PLW0603  # each DataLoader worker process replaces the generator it inherited
     _rng = np.random.default_rng(worker)  # as the stream does: one generator per worker
     torch.set_num_threads(1)
 
@@ -79,8 +79,14 @@ def _worker_init(worker: int) -> None:
 def baseline_loader(folder: Path):
     dataset = PngFolder(folder)
     sampler = RandomSampler(dataset, num_samples=(WARMUP + BATCHES) * BATCH, generator=torch.Generator().manual_seed(0))
-    return DataLoader(dataset, batch_size=BATCH, sampler=sampler, num_workers=WORKERS, persistent_workers=True,
-                      worker_init_fn=_worker_init)
+    return DataLoader(
+        dataset,
+        batch_size=BATCH,
+        sampler=sampler,
+        num_workers=WORKERS,
+        persistent_workers=True,
+        worker_init_fn=_worker_init,
+    )
 
 
 def stream_loader(url: str):
@@ -98,7 +104,7 @@ def _stat(pid: int) -> tuple[int, int, int] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()
+    fields = text[text.rindex(")") + 2 :].split()
     return int(fields[1]), int(fields[2]), int(fields[11]) + int(fields[12])
 
 
@@ -153,11 +159,20 @@ def main() -> None:
             shards = {}
             for fmt in ("webp", "png"):
                 url = f"s3://srcluster/bench/{fmt}"
-                build_shards(str(folder), url, settings=TileSettings(tile=None, image_format=fmt), max_samples=100,
-                             workers=WORKERS, progress=False)
+                build_shards(
+                    str(folder),
+                    url,
+                    settings=TileSettings(tile=None, image_format=fmt),
+                    max_samples=100,
+                    workers=WORKERS,
+                    progress=False,
+                )
                 shards[fmt] = url
-            loaders = {"baseline": lambda: baseline_loader(folder), "srcluster": lambda: stream_loader(shards["webp"]),
-                       "srcluster_png": lambda: stream_loader(shards["png"])}
+            loaders = {
+                "baseline": lambda: baseline_loader(folder),
+                "srcluster": lambda: stream_loader(shards["webp"]),
+                "srcluster_png": lambda: stream_loader(shards["png"]),
+            }
             results: dict[str, list[tuple[float, float]]] = {name: [] for name in loaders}
             for _ in range(ROUNDS):
                 for name, make in loaders.items():
@@ -168,19 +183,30 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     rate = {name: statistics.median(r for r, _ in runs) for name, runs in results.items()}
     cpu = {name: statistics.median(c for _, c in runs) for name, runs in results.items()}
-    print(json.dumps({
-        "bench": "data_throughput", "tiles": tiles, "tile": TILE, "crop": CROP, "batch": BATCH, "workers": WORKERS,
-        "cores": cores, "decoder": "opencv", "rounds": ROUNDS,
-        "baseline_png_folder_samples_per_s": round(rate["baseline"], 1),
-        "srcluster_s3_webp_shards_samples_per_s": round(rate["srcluster"], 1),
-        "ratio_srcluster_over_baseline": round(rate["srcluster"] / rate["baseline"], 3),
-        "baseline_samples_per_s_per_core": round(rate["baseline"] / cores, 1),
-        "srcluster_samples_per_s_per_core": round(rate["srcluster"] / cores, 1),
-        "baseline_samples_per_cpu_s": round(1 / cpu["baseline"], 1),
-        "srcluster_samples_per_cpu_s": round(1 / cpu["srcluster"], 1),
-        "srcluster_s3_png_shards_samples_per_s": round(rate["srcluster_png"], 1),
-        "ratio_srcluster_png_over_baseline": round(rate["srcluster_png"] / rate["baseline"], 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "data_throughput",
+                "tiles": tiles,
+                "tile": TILE,
+                "crop": CROP,
+                "batch": BATCH,
+                "workers": WORKERS,
+                "cores": cores,
+                "decoder": "opencv",
+                "rounds": ROUNDS,
+                "baseline_png_folder_samples_per_s": round(rate["baseline"], 1),
+                "srcluster_s3_webp_shards_samples_per_s": round(rate["srcluster"], 1),
+                "ratio_srcluster_over_baseline": round(rate["srcluster"] / rate["baseline"], 3),
+                "baseline_samples_per_s_per_core": round(rate["baseline"] / cores, 1),
+                "srcluster_samples_per_s_per_core": round(rate["srcluster"] / cores, 1),
+                "baseline_samples_per_cpu_s": round(1 / cpu["baseline"], 1),
+                "srcluster_samples_per_cpu_s": round(1 / cpu["srcluster"], 1),
+                "srcluster_s3_png_shards_samples_per_s": round(rate["srcluster_png"], 1),
+                "ratio_srcluster_png_over_baseline": round(rate["srcluster_png"] / rate["baseline"], 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -24,27 +25,47 @@ import torch
 from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import basicsr_degradations as baseline  # noqa: E402
+import basicsr_degradations as baseline
 
-from srcluster.degrade.config import Degradations  # noqa: E402
-from srcluster.degrade.pipeline import apply, draw  # noqa: E402
-from srcluster.degrade.seeds import sample_seed  # noqa: E402
+from srcluster.degrade.config import Degradations
+from srcluster.degrade.pipeline import apply, draw
+from srcluster.degrade.seeds import sample_seed
 
 # Real-ESRGAN's train_realesrgan_x4plus.yml in traiNNer-redux's keys (its blur is always on: blur_prob 1).
 AREA_BILINEAR_BICUBIC = {"resize_mode_list": ["area", "bilinear", "bicubic"], "resize_mode_prob": [1, 1, 1]}
 SETTINGS = {
     "high_order_degradation": True,
-    "blur_prob": 1.0, "kernel_range": [7, 21], "sinc_prob": 0.1, "blur_sigma": [0.2, 3], "betag_range": [0.5, 4],
+    "blur_prob": 1.0,
+    "kernel_range": [7, 21],
+    "sinc_prob": 0.1,
+    "blur_sigma": [0.2, 3],
+    "betag_range": [0.5, 4],
     "betap_range": [1, 2],
-    "resize_prob": [0.2, 0.7, 0.1], "resize_range": [0.15, 1.5], **AREA_BILINEAR_BICUBIC,
-    "gaussian_noise_prob": 0.5, "noise_range": [1, 30], "poisson_scale_range": [0.05, 3], "gray_noise_prob": 0.4,
-    "jpeg_prob": 1.0, "jpeg_range": [30, 95],
-    "blur_prob2": 0.8, "kernel_range2": [7, 21], "sinc_prob2": 0.1, "blur_sigma2": [0.2, 1.5],
-    "resize_prob2": [0.3, 0.4, 0.3], "resize_range2": [0.3, 1.2],
+    "resize_prob": [0.2, 0.7, 0.1],
+    "resize_range": [0.15, 1.5],
+    **AREA_BILINEAR_BICUBIC,
+    "gaussian_noise_prob": 0.5,
+    "noise_range": [1, 30],
+    "poisson_scale_range": [0.05, 3],
+    "gray_noise_prob": 0.4,
+    "jpeg_prob": 1.0,
+    "jpeg_range": [30, 95],
+    "blur_prob2": 0.8,
+    "kernel_range2": [7, 21],
+    "sinc_prob2": 0.1,
+    "blur_sigma2": [0.2, 1.5],
+    "resize_prob2": [0.3, 0.4, 0.3],
+    "resize_range2": [0.3, 1.2],
     **{k + "2": v for k, v in AREA_BILINEAR_BICUBIC.items()},
-    "gaussian_noise_prob2": 0.5, "noise_range2": [1, 25], "poisson_scale_range2": [0.05, 2.5], "gray_noise_prob2": 0.4,
-    "jpeg_prob2": 1.0, "jpeg_range2": [30, 95],
-    "final_sinc_prob": 0.8, "final_kernel_range": [7, 21], **{k + "3": v for k, v in AREA_BILINEAR_BICUBIC.items()},
+    "gaussian_noise_prob2": 0.5,
+    "noise_range2": [1, 25],
+    "poisson_scale_range2": [0.05, 2.5],
+    "gray_noise_prob2": 0.4,
+    "jpeg_prob2": 1.0,
+    "jpeg_range2": [30, 95],
+    "final_sinc_prob": 0.8,
+    "final_kernel_range": [7, 21],
+    **{k + "3": v for k, v in AREA_BILINEAR_BICUBIC.items()},
 }
 
 
@@ -92,8 +113,11 @@ def main() -> None:
     spent = {"baseline": 0.0, "srcluster": 0.0, "h264": 0.0}
     cpu = dict(spent)
     for r in range(args.rounds):
-        for name, run in (("baseline", lambda: theirs(r)), ("srcluster", lambda: ours(cfg, r)),
-                          ("h264", lambda: ours(codec_cfg, r))):
+        for name, run in (
+            ("baseline", partial(theirs, r)),
+            ("srcluster", partial(ours, cfg, r)),
+            ("h264", partial(ours, codec_cfg, r)),
+        ):
             start, start_cpu = time.perf_counter(), time.process_time()
             run()
             spent[name] += time.perf_counter() - start
@@ -101,17 +125,27 @@ def main() -> None:
     images = args.rounds * args.batch
     rate = {name: images / seconds for name, seconds in spent.items()}
     cpu_rate = {name: images / seconds for name, seconds in cpu.items()}
-    print(json.dumps({
-        "bench": "degrade_throughput", "settings": "Real-ESRGAN x4plus (traiNNer-redux keys)", "crop": args.crop,
-        "scale": args.scale, "batch": args.batch, "rounds": args.rounds, "threads": 1,
-        "baseline_images_per_s": round(rate["baseline"], 1), "srcluster_images_per_s": round(rate["srcluster"], 1),
-        "ratio_srcluster_over_baseline": round(rate["srcluster"] / rate["baseline"], 3),
-        "srcluster_h264_images_per_s": round(rate["h264"], 1),
-        "baseline_images_per_cpu_s": round(cpu_rate["baseline"], 1),
-        "srcluster_images_per_cpu_s": round(cpu_rate["srcluster"], 1),
-        "ratio_by_cpu_time": round(cpu_rate["srcluster"] / cpu_rate["baseline"], 3),
-        "srcluster_h264_images_per_cpu_s": round(cpu_rate["h264"], 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "degrade_throughput",
+                "settings": "Real-ESRGAN x4plus (traiNNer-redux keys)",
+                "crop": args.crop,
+                "scale": args.scale,
+                "batch": args.batch,
+                "rounds": args.rounds,
+                "threads": 1,
+                "baseline_images_per_s": round(rate["baseline"], 1),
+                "srcluster_images_per_s": round(rate["srcluster"], 1),
+                "ratio_srcluster_over_baseline": round(rate["srcluster"] / rate["baseline"], 3),
+                "srcluster_h264_images_per_s": round(rate["h264"], 1),
+                "baseline_images_per_cpu_s": round(cpu_rate["baseline"], 1),
+                "srcluster_images_per_cpu_s": round(cpu_rate["srcluster"], 1),
+                "ratio_by_cpu_time": round(cpu_rate["srcluster"] / cpu_rate["baseline"], 3),
+                "srcluster_h264_images_per_cpu_s": round(cpu_rate["h264"], 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -49,9 +49,20 @@ def main() -> None:
         imresize(batch, 1 / SCALE, kernel="bicubic").clamp_(0, 1)
 
     pil_rate, torch_rate = rate(pil), rate(batched)
-    print(json.dumps({"bench": "lr_on_the_fly", "crop": CROP, "scale": SCALE, "batch": BATCH, "threads": 1,
-                      "pil_images_per_s": round(pil_rate, 1), "srcluster_images_per_s": round(torch_rate, 1),
-                      "ratio_srcluster_over_pil": round(torch_rate / pil_rate, 3)}))
+    print(
+        json.dumps(
+            {
+                "bench": "lr_on_the_fly",
+                "crop": CROP,
+                "scale": SCALE,
+                "batch": BATCH,
+                "threads": 1,
+                "pil_images_per_s": round(pil_rate, 1),
+                "srcluster_images_per_s": round(torch_rate, 1),
+                "ratio_srcluster_over_pil": round(torch_rate / pil_rate, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from data_throughput import free_port_block  # noqa: E402 - the benchmarks' shared port picker
+from data_throughput import free_port_block
 
 BASELINE_S, WARMUP_S, SAMPLE_EVERY_S = 120, 60, 5.0
 TRAIN, VAL = "s3://srcluster/soak/train", "s3://srcluster/soak/val"
@@ -37,9 +37,13 @@ TRAIN, VAL = "s3://srcluster/soak/train", "s3://srcluster/soak/val"
 
 def job(name: str, iterations: int) -> dict:
     return {
-        "name": name, "scale": 2, "manual_seed": 1,
-        "datasets": {"train": {"dataroot_gt": TRAIN, "lq_size": 32, "batch_size_per_gpu": 4, "num_worker_per_gpu": 1},
-                     "val": {"dataroot_gt": VAL}},
+        "name": name,
+        "scale": 2,
+        "manual_seed": 1,
+        "datasets": {
+            "train": {"dataroot_gt": TRAIN, "lq_size": 32, "batch_size_per_gpu": 4, "num_worker_per_gpu": 1},
+            "val": {"dataroot_gt": VAL},
+        },
         "network_g": {"type": "superultracompact"},
         "train": {"total_iter": iterations, "losses": [{"type": "charbonnierloss", "loss_weight": 1.0}]},
         "val": {"val_freq": 10**9},
@@ -70,8 +74,14 @@ def rebuild_forever(folder: str, stop, rounds) -> None:
 
     os.nice(19)
     while not stop.is_set():
-        build_shards(folder, f"s3://srcluster/soak/rebuild-{rounds.value % 3}-{time.time_ns()}",
-                     settings=TileSettings(tile=128), max_samples=50, workers=1, progress=False)
+        build_shards(
+            folder,
+            f"s3://srcluster/soak/rebuild-{rounds.value % 3}-{time.time_ns()}",
+            settings=TileSettings(tile=128),
+            max_samples=50,
+            workers=1,
+            progress=False,
+        )
         with rounds.get_lock():
             rounds.value += 1
 
@@ -81,7 +91,7 @@ def rate(run_id: str) -> float:
     from srcluster.tracking.tracker import Tracker
 
     history = sorted(Tracker().client.get_metric_history(run_id, "it_per_s"), key=lambda m: m.step)
-    values = [m.value for m in history[len(history) // 5:]] or [m.value for m in history]
+    values = [m.value for m in history[len(history) // 5 :]] or [m.value for m in history]
     return statistics.median(values)
 
 
@@ -146,7 +156,7 @@ def main() -> None:
             errors = []
             try:
                 soak_id, samples, soak_wall = timed_stage("soak", max(200, int(per_s * soak_s)), sample=True)
-            except Exception as exc:  # noqa: BLE001 - counted, reported
+            except Exception as exc:
                 errors.append(f"{exc.__class__.__name__}: {str(exc)[:300]}")
                 soak_id, samples, soak_wall = None, {}, 0.0
             finally:
@@ -166,14 +176,24 @@ def main() -> None:
         finally:
             ray.shutdown()
             stack.down(grace=2)
-    print(json.dumps({
-        "bench": "soak", "soak_minutes": round(soak_wall / 60, 1), "workers": 2,
-        "baseline_it_per_s": round(base_rate, 2), "soak_it_per_s": round(soak_rate, 2),
-        "ratio_soak_over_baseline": round(soak_rate / base_rate, 3) if base_rate else None,
-        "worker_rss_growth_percent_after_warmup": sorted(growth.values()),
-        "errors": errors, "writer_ok": writer_ok, "writer_builds": rounds.value, "writer_nice": 19,
-        "targets": {"ratio": ">= 0.8", "rss_growth_percent": "< 10", "errors": "none"},
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "soak",
+                "soak_minutes": round(soak_wall / 60, 1),
+                "workers": 2,
+                "baseline_it_per_s": round(base_rate, 2),
+                "soak_it_per_s": round(soak_rate, 2),
+                "ratio_soak_over_baseline": round(soak_rate / base_rate, 3) if base_rate else None,
+                "worker_rss_growth_percent_after_warmup": sorted(growth.values()),
+                "errors": errors,
+                "writer_ok": writer_ok,
+                "writer_builds": rounds.value,
+                "writer_nice": 19,
+                "targets": {"ratio": ">= 0.8", "rss_growth_percent": "< 10", "errors": "none"},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

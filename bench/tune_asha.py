@@ -24,21 +24,34 @@ from pathlib import Path
 
 def search_spec(data: Path, scheduler: str, trials: int, iters: int) -> dict:
     job = {
-        "name": "bench", "scale": 2, "manual_seed": 1,
-        "datasets": {"train": {"dataroot_gt": str(data / "train"), "lq_size": 16, "batch_size_per_gpu": 4,
-                               "num_worker_per_gpu": 0},
-                     "val": {"dataroot_gt": str(data / "val")}},
+        "name": "bench",
+        "scale": 2,
+        "manual_seed": 1,
+        "datasets": {
+            "train": {
+                "dataroot_gt": str(data / "train"),
+                "lq_size": 16,
+                "batch_size_per_gpu": 4,
+                "num_worker_per_gpu": 0,
+            },
+            "val": {"dataroot_gt": str(data / "val")},
+        },
         "network_g": {"type": "superultracompact"},
         "train": {"total_iter": iters, "losses": [{"type": "charbonnierloss", "loss_weight": 1.0}]},
         "val": {"val_freq": iters // 8, "metrics": {"psnr": {"type": "calculate_psnr", "test_y_channel": True}}},
         "srcluster": {"workers": 1, "cpus_per_worker": 1},
     }
     (data / f"{scheduler}.yml").write_text(json.dumps(job))
-    return {"name": f"bench-{scheduler}", "base": {"job": str(data / f"{scheduler}.yml")},
-            # lr over three decades: some trials learn fast, some barely move, some overshoot
-            "space": {"train.optim_g.lr": {"loguniform": [1.0e-5, 3.0e-2]}},
-            "metric": "val_psnr", "num_samples": trials, "search": {"algorithm": "random", "seed": 7},
-            "scheduler": {"type": scheduler, "grace_period": iters // 8, "reduction_factor": 2}}
+    return {
+        "name": f"bench-{scheduler}",
+        "base": {"job": str(data / f"{scheduler}.yml")},
+        # lr over three decades: some trials learn fast, some barely move, some overshoot
+        "space": {"train.optim_g.lr": {"loguniform": [1.0e-5, 3.0e-2]}},
+        "metric": "val_psnr",
+        "num_samples": trials,
+        "search": {"algorithm": "random", "seed": 7},
+        "scheduler": {"type": scheduler, "grace_period": iters // 8, "reduction_factor": 2},
+    }
 
 
 def main() -> None:
@@ -67,12 +80,16 @@ def main() -> None:
         start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):  # Tune's status tables; the JSON line is the output
             outcome = run_search(search, output_dir=home / scheduler, log=lambda m: None)
-        out[scheduler] = {"total_iterations": outcome.total_iterations, "best_val_psnr": round(outcome.best.last, 4),
-                          "wall_s": round(time.perf_counter() - start, 1),
-                          "stopped_early": sum(r.iterations < args.iters for r in outcome.rows)}
+        out[scheduler] = {
+            "total_iterations": outcome.total_iterations,
+            "best_val_psnr": round(outcome.best.last, 4),
+            "wall_s": round(time.perf_counter() - start, 1),
+            "stopped_early": sum(r.iterations < args.iters for r in outcome.rows),
+        }
     out["compute_ratio"] = round(out["asha"]["total_iterations"] / out["fifo"]["total_iterations"], 3)
-    out["best_gap_pct"] = round(100 * (out["fifo"]["best_val_psnr"] - out["asha"]["best_val_psnr"])
-                                / out["fifo"]["best_val_psnr"], 2)
+    out["best_gap_pct"] = round(
+        100 * (out["fifo"]["best_val_psnr"] - out["asha"]["best_val_psnr"]) / out["fifo"]["best_val_psnr"], 2
+    )
     out["targets_met"] = out["compute_ratio"] <= 0.5 and out["best_gap_pct"] <= 2
     ray.shutdown()
     print(json.dumps(out))

@@ -1,5 +1,5 @@
 """Re-render the examples in infra/slurm and infra/k8s from infra/example-job.yml: `python infra/render_examples.py`
-(from the repository root). tests/test_render.py checks that they match the templates."""
+(from the repository root). tests/unit/test_render.py checks that they match the templates."""
 
 from __future__ import annotations
 
@@ -10,18 +10,59 @@ import sys
 from pathlib import Path
 
 # the endpoints the examples show, in place of whatever the current shell points at
-ENV = {"SRCLUSTER_HOME": "/home/you/.srcluster", "AWS_ENDPOINT_URL": "https://s3.example.org",
-       "MLFLOW_TRACKING_URI": "https://mlflow.example.org"}
+ENV = {
+    "SRCLUSTER_HOME": "/home/you/.srcluster",
+    "AWS_ENDPOINT_URL": "https://s3.example.org",
+    "MLFLOW_TRACKING_URI": "https://mlflow.example.org",
+}
 JOB = "infra/example-job.yml"
 EXAMPLES = {
-    "infra/slurm/example-job.sbatch": ["slurm", JOB, "--nodes", "2", "--gpus-per-node", "4", "--cpus-per-node", "32",
-                                       "--partition", "gpu", "--time", "12:00:00",
-                                       "--setup", "source ~/venvs/srcluster/bin/activate"],
-    "infra/k8s/example-job.rayjob.yaml": ["k8s", JOB, "--workers", "2", "--gpus-per-worker", "4", "--cpus-per-worker",
-                                          "32", "--memory-per-worker", "128Gi", "--image", "ghcr.io/you/srcluster:0.1.0"],
-    "infra/k8s/example-job.raycluster.yaml": ["k8s", JOB, "--workers", "2", "--gpus-per-worker", "4",
-                                              "--cpus-per-worker", "32", "--memory-per-worker", "128Gi", "--image",
-                                              "ghcr.io/you/srcluster:0.1.0", "--kind", "raycluster"],
+    "infra/slurm/example-job.sbatch": [
+        "slurm",
+        JOB,
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "4",
+        "--cpus-per-node",
+        "32",
+        "--partition",
+        "gpu",
+        "--time",
+        "12:00:00",
+        "--setup",
+        "source ~/venvs/srcluster/bin/activate",
+    ],
+    "infra/k8s/example-job.rayjob.yaml": [
+        "k8s",
+        JOB,
+        "--workers",
+        "2",
+        "--gpus-per-worker",
+        "4",
+        "--cpus-per-worker",
+        "32",
+        "--memory-per-worker",
+        "128Gi",
+        "--image",
+        "ghcr.io/you/srcluster:0.1.0",
+    ],
+    "infra/k8s/example-job.raycluster.yaml": [
+        "k8s",
+        JOB,
+        "--workers",
+        "2",
+        "--gpus-per-worker",
+        "4",
+        "--cpus-per-worker",
+        "32",
+        "--memory-per-worker",
+        "128Gi",
+        "--image",
+        "ghcr.io/you/srcluster:0.1.0",
+        "--kind",
+        "raycluster",
+    ],
 }
 
 if __name__ == "__main__":

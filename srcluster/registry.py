@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+
+def did_you_mean(name: str, known: Iterable[str], n: int = 1, spell: Callable[[str], str] = str) -> str | None:
+    """ "did you mean 'x'?" (or "'x' or 'y'", up to `n`) for the known names closest to a mistyped `name`, each
+    written by `spell` (e.g. as its full key path); None when nothing is close, so callers can list what is known.
+    The one place that words these hints, for registries, job files, degradation keys and search spaces alike."""
+    close = difflib.get_close_matches(str(name), list(known), n=n)
+    return f"did you mean {' or '.join(repr(spell(c)) for c in close)}?" if close else None
 
 
 class Registry(Generic[T]):
@@ -29,8 +37,7 @@ class Registry(Generic[T]):
         """Raise ValueError naming `key`, the bad name and the closest known names."""
         if name.lower() in self._builders:
             return
-        close = difflib.get_close_matches(name.lower(), self._builders, n=3)
-        hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else f"known: {', '.join(self.names())}"
+        hint = did_you_mean(name.lower(), self._builders, n=3) or f"known: {', '.join(self.names())}"
         raise ValueError(f"{key}: unknown {self.kind} {name!r} ({hint})")
 
     def check_options(self, name: str, options: dict, key: str) -> None:
@@ -42,8 +49,7 @@ class Registry(Generic[T]):
         accepted = [p for p in params if p not in ("self", "args", "kwargs")]
         for option in options:
             if option not in accepted:
-                close = difflib.get_close_matches(option, accepted, n=1)
-                hint = f"did you mean {close[0]!r}?" if close else f"accepted: {', '.join(accepted) or 'none'}"
+                hint = did_you_mean(option, accepted) or f"accepted: {', '.join(accepted) or 'none'}"
                 raise ValueError(f"{key}: {name} has no option {option!r} ({hint})")
 
     def build(self, name: str, **options) -> T:

@@ -33,10 +33,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from srcluster import home
 from srcluster.errors import StackError
@@ -59,7 +62,7 @@ class Service:
     url: str
 
 
-# --- public API ---------------------------------------------------------------------------------------------------------
+# --- public API -------------------------------------------------------------------------------------------------------
 
 
 def up(*, s3_port: int = 8333, mlflow_port: int = 5055, mlflow: bool = True, timeout: float = 60) -> dict[str, Service]:
@@ -87,8 +90,10 @@ def up(*, s3_port: int = 8333, mlflow_port: int = 5055, mlflow: bool = True, tim
             _check_ports_free({f"S3 server ({role})": port for role, port in ports.items()})
         if "mlflow" in to_start:
             if mlflow_port in ports.values():
-                raise StackError(f"MLflow port {mlflow_port} falls inside the S3 server's ports "
-                                 f"{min(ports.values())}-{max(ports.values())}; pick another one")
+                raise StackError(
+                    f"MLflow port {mlflow_port} falls inside the S3 server's ports "
+                    f"{min(ports.values())}-{max(ports.values())}; pick another one"
+                )
             _check_ports_free({"MLflow server": mlflow_port})
 
         key, secret = ensure_credentials()
@@ -100,8 +105,14 @@ def up(*, s3_port: int = 8333, mlflow_port: int = 5055, mlflow: bool = True, tim
                 command = _weed_command(weed, ports, _write_identities(key, secret))
                 procs["s3"] = _start(state, "s3", command, ports["s3"], cwd=root / "s3", env=_clean_env(), ports=ports)
             if "mlflow" in to_start:
-                procs["mlflow"] = _start(state, "mlflow", _mlflow_command(mlflow_port), mlflow_port,
-                                         cwd=root / "mlflow", env=_mlflow_env(settings, mlflow_port))
+                procs["mlflow"] = _start(
+                    state,
+                    "mlflow",
+                    _mlflow_command(mlflow_port),
+                    mlflow_port,
+                    cwd=root / "mlflow",
+                    env=_mlflow_env(settings, mlflow_port),
+                )
             deadline = time.monotonic() + timeout
             _wait_until_answers("s3", state["s3"], procs.get("s3"), deadline, timeout)
             _prepare_buckets(settings, deadline, probe="s3" in procs)
@@ -128,8 +139,10 @@ def down(grace: float = 10) -> list[str]:
 
 def status() -> list[tuple[str, str, bool]]:
     """(name, url, answers) for every service recorded in stack.json."""
-    return [(name, entry.get("url", ""), _is_running(entry) and _answers(name, entry.get("url", "")))
-            for name, entry in _load_state().items()]
+    return [
+        (name, entry.get("url", ""), _is_running(entry) and _answers(name, entry.get("url", "")))
+        for name, entry in _load_state().items()
+    ]
 
 
 def mlflow_url() -> str | None:
@@ -139,8 +152,10 @@ def mlflow_url() -> str | None:
 def s3_ports(s3_port: int) -> dict[str, int]:
     """The ports the S3 server listens on, by role: `s3_port` and the 7 after it."""
     if not 1024 <= s3_port <= 65535 - len(S3_PORT_ROLES):
-        raise StackError(f"S3 port {s3_port} out of range: the S3 server needs {len(S3_PORT_ROLES)} ports from it, "
-                         f"all between 1024 and 65535")
+        raise StackError(
+            f"S3 port {s3_port} out of range: the S3 server needs {len(S3_PORT_ROLES)} ports from it, "
+            f"all between 1024 and 65535"
+        )
     return {role: s3_port + i for i, role in enumerate(S3_PORT_ROLES)}
 
 
@@ -191,35 +206,58 @@ def ensure_credentials() -> tuple[str, str]:
     return key, secret
 
 
-# --- starting -----------------------------------------------------------------------------------------------------------
+# --- starting ---------------------------------------------------------------------------------------------------------
 
 
 def _weed_command(weed: str, ports: dict[str, int], identities: Path) -> list[str]:
     return [
-        weed, "-logtostderr",  # glog writes files under /tmp otherwise
-        "server", f"-ip={HOST}", f"-ip.bind={HOST}", f"-dir={home.home() / 's3'}",
-        "-s3", f"-s3.config={identities}",
-        f"-s3.port={ports['s3']}", f"-master.port={ports['master']}",
-        f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
-        f"-s3.port.grpc={ports['s3.grpc']}", f"-master.port.grpc={ports['master.grpc']}",
-        f"-volume.port.grpc={ports['volume.grpc']}", f"-filer.port.grpc={ports['filer.grpc']}",
-        "-s3.port.iceberg=0", "-s3.port.lance=0",  # on by default, on fixed ports (8181, 9101)
+        weed,
+        "-logtostderr",  # glog writes files under /tmp otherwise
+        "server",
+        f"-ip={HOST}",
+        f"-ip.bind={HOST}",
+        f"-dir={home.home() / 's3'}",
+        "-s3",
+        f"-s3.config={identities}",
+        f"-s3.port={ports['s3']}",
+        f"-master.port={ports['master']}",
+        f"-volume.port={ports['volume']}",
+        f"-filer.port={ports['filer']}",
+        f"-s3.port.grpc={ports['s3.grpc']}",
+        f"-master.port.grpc={ports['master.grpc']}",
+        f"-volume.port.grpc={ports['volume.grpc']}",
+        f"-filer.port.grpc={ports['filer.grpc']}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",  # on by default, on fixed ports (8181, 9101)
         # Each bucket grows 7 volumes at once, so the default cap of 8 fails the second bucket; volumes are sparse files
         # of at most 64 MB, and 0 lets the cap follow free disk space.
-        "-volume.max=0", "-master.volumeSizeLimitMB=64",
+        "-volume.max=0",
+        "-master.volumeSizeLimitMB=64",
         # A single master that resumes its raft state waits ~15 s to elect itself; it has nothing worth resuming
         # (volumes re-register from disk, the filer keeps the metadata).
         "-master.resumeState=false",
-        "-volume.preStopSeconds=0", "-master.telemetry=false",
+        "-volume.preStopSeconds=0",
+        "-master.telemetry=false",
     ]
 
 
 def _mlflow_command(port: int) -> list[str]:
     return [
-        sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{home.home() / 'mlflow' / 'mlflow.db'}",
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{home.home() / 'mlflow' / 'mlflow.db'}",
         # Artifacts are proxied through the server, so clients need no S3 keys.
-        "--artifacts-destination", MLFLOW_ARTIFACTS,
+        "--artifacts-destination",
+        MLFLOW_ARTIFACTS,
     ]
 
 
@@ -248,38 +286,63 @@ def _mlflow_env(settings: StorageSettings, port: int) -> dict[str, str]:
 def _local_settings(endpoint: str, key: str, secret: str) -> StorageSettings:
     # Built directly rather than with StorageSettings.resolve(): a user's AWS_* environment or profile would win there,
     # and the stack's own services must always use the stack's S3 with its keys.
-    return StorageSettings(endpoint_url=endpoint, credential_source=f"local stack ({home.credentials_path()})",
-                           access_key=key, secret_key=secret)
+    return StorageSettings(
+        endpoint_url=endpoint,
+        credential_source=f"local stack ({home.credentials_path()})",
+        access_key=key,
+        secret_key=secret,
+    )
 
 
 def _write_identities(key: str, secret: str) -> Path:
-    identities = {"identities": [{"name": "srcluster", "credentials": [{"accessKey": key, "secretKey": secret}],
-                                  "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
+    identities = {
+        "identities": [
+            {
+                "name": "srcluster",
+                "credentials": [{"accessKey": key, "secretKey": secret}],
+                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+            }
+        ]
+    }
     path = home.home() / "s3-identities.json"
     _write_private(path, json.dumps(identities, indent=2))
     return path
 
 
-def _start(state: dict, name: str, command: list[str], port: int, *, cwd: Path, env: dict[str, str],
-           **extra: Any) -> subprocess.Popen:
+def _start(
+    state: dict, name: str, command: list[str], port: int, *, cwd: Path, env: dict[str, str], **extra: Any
+) -> subprocess.Popen:
     log_path = home.home() / "logs" / f"{name}.log"
     with open(log_path, "ab") as log_file:
         log_file.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
         log_file.flush()
         # A session of its own, so that down() can signal the whole process group (MLflow runs uvicorn under it).
-        proc = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://{HOST}:{port}"
-    state[name] = {"pid": proc.pid, "port": port, "url": url, "started": _start_token(proc.pid),
-                   "cmdline": command, "log": str(log_path), **extra}
+    state[name] = {
+        "pid": proc.pid,
+        "port": port,
+        "url": url,
+        "started": _start_token(proc.pid),
+        "cmdline": command,
+        "log": str(log_path),
+        **extra,
+    }
     # Written at once: resolve() in other processes finds the endpoint, and a crash here leaves a pid down() can stop.
     _save_state(state)
     log.info("started %s (pid %d) on %s, log %s", LABELS[name], proc.pid, url, log_path)
     return proc
 
 
-def _wait_until_answers(name: str, entry: dict, proc: subprocess.Popen | None, deadline: float,
-                        timeout: float) -> None:
+def _wait_until_answers(name: str, entry: dict, proc: subprocess.Popen | None, deadline: float, timeout: float) -> None:
     label, log_path = LABELS[name], entry["log"]
     while not _answers(name, entry["url"]):
         code = proc.poll() if proc else None
@@ -293,8 +356,6 @@ def _wait_until_answers(name: str, entry: dict, proc: subprocess.Popen | None, d
 def _prepare_buckets(settings: StorageSettings, deadline: float, probe: bool) -> None:
     """Create BUCKETS if missing; after a fresh start, also write and delete an object, since SeaweedFS answers
     before its volume server has registered and `up` should return only once S3 really works."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     client = settings.boto3_client(connect_timeout=2, read_timeout=10, attempts=2)
     while True:
         try:
@@ -308,16 +369,20 @@ def _prepare_buckets(settings: StorageSettings, deadline: float, probe: bool) ->
             return
         except (BotoCoreError, ClientError) as exc:
             if time.monotonic() > deadline:
-                raise StackError(f"the S3 server at {settings.endpoint_url} answers but cannot create buckets "
-                                 f"({exc.__class__.__name__}); see {home.home() / 'logs' / 's3.log'}") from None
+                raise StackError(
+                    f"the S3 server at {settings.endpoint_url} answers but cannot create buckets "
+                    f"({exc.__class__.__name__}); see {home.home() / 'logs' / 's3.log'}"
+                ) from None
             time.sleep(0.2)
 
 
 def _check_ports_free(ports: dict[str, int]) -> None:
     for label, port in ports.items():
         if not port_free(port):
-            raise StackError(f"port {port} on {HOST} is already in use (needed by the {label}); "
-                             f"stop what uses it or choose other ports")
+            raise StackError(
+                f"port {port} on {HOST} is already in use (needed by the {label}); "
+                f"stop what uses it or choose other ports"
+            )
 
 
 def _answers(name: str, url: str) -> bool:
@@ -332,7 +397,7 @@ def _answers(name: str, url: str) -> bool:
         return False
 
 
-# --- stopping -----------------------------------------------------------------------------------------------------------
+# --- stopping ---------------------------------------------------------------------------------------------------------
 
 
 def _stop(entries: dict[str, dict], grace: float) -> None:
@@ -380,8 +445,11 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _group_members(pgid: int) -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir()
-            if p.name.isdigit() and (stat := _proc_stat(int(p.name))) and stat[1] == pgid]
+    return [
+        int(p.name)
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and (stat := _proc_stat(int(p.name))) and stat[1] == pgid
+    ]
 
 
 def _task_state(task: Path) -> str | None:
@@ -389,7 +457,7 @@ def _task_state(task: Path) -> str | None:
         text = (task / "stat").read_text()
     except OSError:
         return None
-    return text[text.rindex(")") + 2:].split()[0]
+    return text[text.rindex(")") + 2 :].split()[0]
 
 
 def _remove_weed_sockets(ports: Iterable[int]) -> None:
@@ -401,7 +469,7 @@ def _remove_weed_sockets(ports: Iterable[int]) -> None:
                     path.unlink()
 
 
-# --- process identity and state file ------------------------------------------------------------------------------------
+# --- process identity and state file ----------------------------------------------------------------------------------
 
 
 def _proc_stat(pid: int) -> tuple[str, int, str] | None:
@@ -410,7 +478,7 @@ def _proc_stat(pid: int) -> tuple[str, int, str] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()  # the command name in parentheses may contain spaces
+    fields = text[text.rindex(")") + 2 :].split()  # the command name in parentheses may contain spaces
     return fields[0], int(fields[2]), fields[19]
 
 

@@ -1,19 +1,16 @@
-"""`srcluster upscale MODEL INPUT... -o OUT`: run a generator on image files or folders, tile by tile, into PNGs.
+"""Run a generator on image files or folders, tile by tile, into PNGs (`srcluster upscale MODEL INPUT... -o OUT`).
 
 MODEL is a .safetensors/.pth path or URL, or a registry URI (`models:/name@alias`, `models:/name/version`). spandrel
 recognises the architecture from the weights; when it cannot, the arch name, options and scale recorded in the registry
-build it (`infer.upscaler`). Large images go through overlapping tiles (overlapping tiles, no seams for models whose receptive
-field fits in the overlap); on CUDA the network runs under bf16 autocast. Users judge perceptual models by eye: this is
+build it (`infer.upscaler`). Large images go through overlapping tiles (no seams for models whose receptive field fits
+in the overlap); on CUDA the network runs under bf16 autocast. Users judge perceptual models by eye: this is
 how they look at them.
 """
 
 from __future__ import annotations
 
-import argparse
 import posixpath
 from pathlib import Path
-
-import torch
 
 from srcluster.errors import SrclusterError
 from srcluster.infer.upscaler import load_upscaler, upscale_array
@@ -25,8 +22,16 @@ def output_path(out: Path, rel: str, single_file: bool) -> Path:
     return out / (posixpath.splitext(rel)[0] + ".png")
 
 
-def upscale_files(model_source: str, inputs: list[str], out: str | Path, *, tile: int = 512, overlap: int = 32,
-                  device: str | None = None, progress: bool = True) -> list[Path]:
+def upscale_files(
+    model_source: str,
+    inputs: list[str],
+    out: str | Path,
+    *,
+    tile: int = 512,
+    overlap: int = 32,
+    device: str | None = None,
+    progress: bool = True,
+) -> list[Path]:
     """Upscale every image of `inputs` (files or folders, any fsspec URL) into PNGs under `out`, keeping each
     folder's relative paths; `out` ending in .png names the output of a single input file."""
     from PIL import Image
@@ -47,13 +52,16 @@ def upscale_files(model_source: str, inputs: list[str], out: str | Path, *, tile
     for image in files:
         target = output_path(out, image.rel, single)
         if target in targets:
-            raise SrclusterError(f"{image.url} and {targets[target]} would both be written to {target}; "
-                                 "upscale them into separate output folders")
+            raise SrclusterError(
+                f"{image.url} and {targets[target]} would both be written to {target}; "
+                "upscale them into separate output folders"
+            )
         targets[target] = image.url
     model = load_upscaler(model_source, device)
     written = []
-    for image, target in tqdm(list(zip(files, targets)), desc=f"upscaling x{model.scale}", unit="image",
-                              disable=not progress):
+    for image, target in tqdm(
+        list(zip(files, targets, strict=True)), desc=f"upscaling x{model.scale}", unit="image", disable=not progress
+    ):
         try:
             rgb = decode_rgb(read_bytes(image.url))
         except ImageError as exc:
@@ -62,23 +70,3 @@ def upscale_files(model_source: str, inputs: list[str], out: str | Path, *, tile
         Image.fromarray(upscale_array(model, rgb, tile, overlap)).save(target)
         written.append(target)
     return written
-
-
-def cmd_upscale(args: argparse.Namespace) -> int:
-    written = upscale_files(args.model, args.inputs, args.output, tile=args.tile, overlap=args.tile_overlap,
-                            device=args.device, progress=not args.quiet)
-    print(f"wrote {len(written)} image(s) to {args.output}")
-    return 0
-
-
-def add_commands(sub) -> None:
-    up = sub.add_parser("upscale", help="upscale images with a generator (path, URL or models:/NAME@ALIAS) into PNGs",
-                        description="Run a generator on image files or folders, in overlapping tiles, writing PNGs.")
-    up.add_argument("model", help="generator: .safetensors/.pth path or URL, or models:/NAME@ALIAS, models:/NAME/VERSION")
-    up.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (any fsspec URL)")
-    up.add_argument("-o", "--output", required=True, help="output folder (or a .png file for a single input image)")
-    up.add_argument("--tile", type=int, default=512, help="LR tile side in pixels (0: whole image at once)")
-    up.add_argument("--tile-overlap", type=int, default=32, help="LR pixels of context around each tile")
-    up.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
-    up.add_argument("--quiet", action="store_true", help="no progress bar")
-    up.set_defaults(fn=cmd_upscale)

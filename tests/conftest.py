@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers.free_ports import free_port_block
 
+from helpers.free_ports import free_port_block
 from srcluster import stack as local_stack
 
-# --- local stack ----------------------------------------------------------------------------------------------------------
+# --- local stack ------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -80,7 +80,7 @@ def stack(_stack_session) -> LocalStack:
     return found
 
 
-# --- CPU threads ----------------------------------------------------------------------------------------------------------
+# --- CPU threads ------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def single_thread():
     torch.set_num_threads(before)
 
 
-# --- Ray ------------------------------------------------------------------------------------------------------------------
+# --- Ray --------------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -107,8 +107,14 @@ def ray_cluster(_stack_session):
     import ray
 
     # address="local": always a new cluster, never one that another Ray user on this machine left in /tmp/ray
-    ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_port=free_port_block(1),
-             log_to_driver=True, configure_logging=False)
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=True,
+        dashboard_port=free_port_block(1),
+        log_to_driver=True,
+        configure_logging=False,
+    )
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address  # subprocesses join this cluster
     try:
         yield ray

@@ -7,16 +7,10 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from rich.console import Console
 from rich.markup import escape
 
-console = Console()
-err_console = Console(stderr=True)
-
-
-def warn(lines: list[str]) -> None:
-    for line in lines:
-        err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+from srcluster.cli.output import console, err_console, warn
+from srcluster.errors import SrclusterError
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -25,8 +19,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     address = resolve_address(args.address)
     client, job_id = submit(args.job, address, pip=args.pip, env=parse_env(args.env), fresh=args.fresh)
     print(job_id, flush=True)
-    err_console.print(f"submitted to {escape(address)}; follow with `srcluster jobs logs {job_id} --follow`",
-                      highlight=False, soft_wrap=True)
+    err_console.print(
+        f"submitted to {escape(address)}; follow with `srcluster jobs logs {job_id} --follow`",
+        highlight=False,
+        soft_wrap=True,
+    )
     if not args.follow:
         return 0
     return report(job_id, follow_logs(client, job_id))
@@ -63,8 +60,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         for i, job in enumerate(jobs):
             if i == 0:
                 print(f"{'submission id':{width}}  {'status':9}  {'started':16}  entrypoint")
-            started = (datetime.fromtimestamp(job.start_time / 1000).strftime("%Y-%m-%d %H:%M")
-                       if job.start_time else "-")
+            started = (
+                datetime.fromtimestamp(job.start_time / 1000).strftime("%Y-%m-%d %H:%M") if job.start_time else "-"
+            )
             # plain columns, never cut: ids are copied from here into `jobs logs|stop`
             job_id = job.submission_id or job.job_id or "-"
             print(f"{job_id:{width}}  {job.status.value:9}  {started:16}  {job.entrypoint}")
@@ -85,8 +83,6 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def raise_missing(action: str) -> None:
-    from srcluster.errors import SrclusterError
-
     raise SrclusterError(f"srcluster jobs {action}: give the submission id (see `srcluster jobs list`)")
 
 
@@ -104,11 +100,25 @@ def cmd_render_slurm(args: argparse.Namespace) -> int:
     from srcluster.launch.render import SlurmOptions, render_slurm
     from srcluster.launch.submit import parse_env
 
-    text, warnings = render_slurm(args.job, SlurmOptions(
-        nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpus_per_node=args.cpus_per_node,
-        partition=args.partition, time=args.time, account=args.account, output=args.log, setup=args.setup,
-        ray_port=args.ray_port, dashboard_port=args.dashboard_port, ray_args=args.ray_args,
-        join_timeout=args.join_timeout, env=parse_env(args.env), fresh=args.fresh))
+    text, warnings = render_slurm(
+        args.job,
+        SlurmOptions(
+            nodes=args.nodes,
+            gpus_per_node=args.gpus_per_node,
+            cpus_per_node=args.cpus_per_node,
+            partition=args.partition,
+            time=args.time,
+            account=args.account,
+            output=args.log,
+            setup=args.setup,
+            ray_port=args.ray_port,
+            dashboard_port=args.dashboard_port,
+            ray_args=args.ray_args,
+            join_timeout=args.join_timeout,
+            env=parse_env(args.env),
+            fresh=args.fresh,
+        ),
+    )
     warn(warnings)
     write(text, args.output)
     return 0
@@ -118,41 +128,62 @@ def cmd_render_k8s(args: argparse.Namespace) -> int:
     from srcluster.launch.render import K8sOptions, render_k8s
     from srcluster.launch.submit import parse_env
 
-    text, warnings = render_k8s(args.job, K8sOptions(
-        workers=args.workers, gpus_per_worker=args.gpus_per_worker, image=args.image, kind=args.kind,
-        secret=args.secret, name=args.name, namespace=args.namespace, cpus_per_worker=args.cpus_per_worker,
-        memory_per_worker=args.memory_per_worker, head_cpus=args.head_cpus, head_memory=args.head_memory,
-        shm_size=args.shm_size, deadline=args.deadline, env=parse_env(args.env), fresh=args.fresh))
+    text, warnings = render_k8s(
+        args.job,
+        K8sOptions(
+            workers=args.workers,
+            gpus_per_worker=args.gpus_per_worker,
+            image=args.image,
+            kind=args.kind,
+            secret=args.secret,
+            name=args.name,
+            namespace=args.namespace,
+            cpus_per_worker=args.cpus_per_worker,
+            memory_per_worker=args.memory_per_worker,
+            head_cpus=args.head_cpus,
+            head_memory=args.head_memory,
+            shm_size=args.shm_size,
+            deadline=args.deadline,
+            env=parse_env(args.env),
+            fresh=args.fresh,
+        ),
+    )
     warn(warnings)
     write(text, args.output)
     return 0
 
 
-def add_commands(sub) -> None:
+def register(subparsers) -> None:
     env_help = "NAME=VALUE for the job's environment, e.g. AWS_ENDPOINT_URL as the cluster reaches it (no secrets)"
 
-    s = sub.add_parser("submit", help="submit a job or recipe file to a Ray cluster (Ray Job Submission API)",
-                       description="Validate JOB locally, then submit `srcluster train|pipeline JOB` with a working "
-                                   "folder holding it (and the relative files it names) and the storage/MLflow "
-                                   "endpoints as environment variables. Credentials come from the cluster.")
+    s = subparsers.add_parser(
+        "submit",
+        help="submit a job or recipe file to a Ray cluster (Ray Job Submission API)",
+        description="Validate JOB locally, then submit `srcluster train|pipeline JOB` with a "
+        "working folder holding it (and the relative files it names) and the "
+        "storage/MLflow endpoints as environment variables. Credentials come from "
+        "the cluster.",
+    )
     s.add_argument("job", help="job file (one stage) or recipe file (with `stages:`)")
-    s.add_argument("--address", help="the head's dashboard, http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS, "
-                                     "RAY_ADDRESS)")
+    s.add_argument(
+        "--address", help="the head's dashboard, http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS)"
+    )
     s.add_argument("--follow", action="store_true", help="stream the logs and exit with the job's status")
     s.add_argument("--pip", action="append", metavar="REQ", help="extra pip requirement for the job (repeat)")
     s.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help=env_help)
     s.add_argument("--fresh", action="store_true", help="train again even if this config already ran")
     s.set_defaults(fn=cmd_submit)
 
-    j = sub.add_parser("jobs", help="jobs on a Ray cluster: list, status, logs, stop")
+    j = subparsers.add_parser("jobs", help="jobs on a Ray cluster: list, status, logs, stop")
     j.add_argument("action", choices=["list", "status", "logs", "stop"])
     j.add_argument("job_id", nargs="?", help="submission id (as `srcluster submit` printed it)")
     j.add_argument("--address", help="http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS)")
     j.add_argument("--follow", action="store_true", help="logs: stream until the job ends, exit with its status")
     j.set_defaults(fn=cmd_jobs)
 
-    r = sub.add_parser("render", help="an sbatch script or KubeRay manifests for a job file").add_subparsers(
-        dest="render_command", required=True)
+    r = subparsers.add_parser("render", help="an sbatch script or KubeRay manifests for a job file").add_subparsers(
+        dest="render_command", required=True
+    )
     sl = r.add_parser("slurm", help="sbatch script: Ray head + workers with srun, the stage, teardown")
     sl.add_argument("job")
     sl.add_argument("--nodes", type=int, required=True)
@@ -177,8 +208,12 @@ def add_commands(sub) -> None:
     k.add_argument("--workers", type=int, required=True, help="worker pods")
     k.add_argument("--gpus-per-worker", type=int, required=True, help="GPUs per worker pod (0 for CPU-only)")
     k.add_argument("--image", required=True, help="container image with srcluster installed")
-    k.add_argument("--kind", choices=["rayjob", "raycluster"], default="rayjob",
-                   help="rayjob: run the job, then delete the cluster; raycluster: a long-lived cluster (Tune sweeps)")
+    k.add_argument(
+        "--kind",
+        choices=["rayjob", "raycluster"],
+        default="rayjob",
+        help="rayjob: run the job, then delete the cluster; raycluster: a long-lived cluster (Tune sweeps)",
+    )
     k.add_argument("--secret", default="srcluster-credentials", help="Kubernetes Secret with the credentials")
     k.add_argument("--name", help="resource name (default: srcluster-JOBNAME)")
     k.add_argument("--namespace")

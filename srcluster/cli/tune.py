@@ -1,28 +1,32 @@
-"""The `srcluster tune` subcommand."""
+"""`srcluster tune`: a hyperparameter search over a training stage with Ray Tune."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from srcluster.cli.output import console
+
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from srcluster.tune.report import trial_table
     from srcluster.tune.run import run_search
     from srcluster.tune.space import load_search
 
-    console = Console()
     search = load_search(args.search)
     for warning in search.base_job.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True, markup=False)
     if args.check:
-        console.print(f"{search.name}: {len(search.dists)} searched keys, objective {search.metric} ({search.mode}), "
-                      f"{search.spec.num_samples} trials of {search.workers} worker(s): ok")
+        console.print(
+            f"{search.name}: {len(search.dists)} searched keys, objective {search.metric} ({search.mode}), "
+            f"{search.spec.num_samples} trials of {search.workers} worker(s): ok"
+        )
         return 0
-    outcome = run_search(search, output_dir=Path(args.output) if args.output else None,
-                         log=lambda m: console.print(m, highlight=False, markup=False))
+    outcome = run_search(
+        search,
+        output_dir=Path(args.output) if args.output else None,
+        log=lambda m: console.print(m, highlight=False, markup=False),
+    )
     console.print(trial_table(outcome, search))
     if outcome.best is None:
         console.print("[red]no trial finished[/]: see the failed trials above")
@@ -35,8 +39,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub) -> None:
-    t = sub.add_parser("tune", help="hyperparameter search over a training stage with Ray Tune (resumable)")
+def register(subparsers) -> None:
+    t = subparsers.add_parser("tune", help="hyperparameter search over a training stage with Ray Tune (resumable)")
     t.add_argument("search", help="search file (base stage, space, metric, algorithms)")
     t.add_argument("--check", action="store_true", help="validate the search file and stop")
     t.add_argument("--output", help="folder for the trial table and plot (default: $SRCLUSTER_HOME/tune/<search>)")

@@ -61,8 +61,10 @@ class SpandrelPreset:
         accepted = [p for p in inspect.signature(self.arch_class().__init__).parameters if p != "self"]
         unknown = sorted(set(kwargs) - set(accepted))
         if unknown:
-            raise ConfigError(f"network_g: {self.name} has no option {', '.join(map(repr, unknown))} "
-                              f"(it takes: {', '.join(p for p in accepted if p != self.scale_key)})")
+            raise ConfigError(
+                f"network_g: {self.name} has no option {', '.join(map(repr, unknown))} "
+                f"(it takes: {', '.join(p for p in accepted if p != self.scale_key)})"
+            )
         return kwargs
 
     def __call__(self, scale: int, **options: Any) -> nn.Module:
@@ -97,6 +99,8 @@ def _realplksr_upsampler(scale: int, kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+# The presets stay one table (a row per name, wrapped by hand) rather than one keyword per line.
+# fmt: off
 # --- CNNs -------------------------------------------------------------------------------------------------------------
 _add("compact", "Compact", "Compact", "upscale")
 _add("ultracompact", "Compact", "Compact", "upscale", num_feat=64, num_conv=8)
@@ -110,7 +114,7 @@ _add("plksr", "PLKSR", "PLKSR", "upscaling_factor")
 _add("omnisr", "OmniSR", "OmniSR", "up_scale", res_num=5, block_num=1, bias=True, window_size=8, pe=True)
 
 # --- transformers -----------------------------------------------------------------------------------------------------
-_DAT = dict(in_chans=3, img_size=64, img_range=1.0)
+_DAT: dict[str, Any] = dict(in_chans=3, img_size=64, img_range=1.0)
 _add("dat", "DAT", "DAT", "upscale", **_DAT, split_size=[8, 32], depth=[6] * 6, embed_dim=180, num_heads=[6] * 6,
      expansion_factor=4, resi_connection="1conv")
 _add("dat_s", "DAT", "DAT", "upscale", **_DAT, split_size=[8, 16], depth=[6] * 6, embed_dim=180, num_heads=[6] * 6,
@@ -120,7 +124,7 @@ _add("dat_2", "DAT", "DAT", "upscale", **_DAT, split_size=[8, 32], depth=[6] * 6
 _add("dat_light", "DAT", "DAT", "upscale", **_DAT, split_size=[8, 32], depth=[18], embed_dim=60, num_heads=[6],
      expansion_factor=2, resi_connection="3conv", upsampler="pixelshuffle")
 
-_SWINIR = dict(window_size=8, mlp_ratio=2, img_range=1.0)
+_SWINIR: dict[str, Any] = dict(window_size=8, mlp_ratio=2, img_range=1.0)
 _add("swinir_s", "SwinIR", "SwinIR", "upscale", **_SWINIR, img_size=64, embed_dim=60, depths=[6] * 4,
      num_heads=[6] * 4, upsampler="pixelshuffledirect", resi_connection="1conv")
 _add("swinir_m", "SwinIR", "SwinIR", "upscale", **_SWINIR, img_size=48, embed_dim=180, depths=[6] * 6,
@@ -128,8 +132,8 @@ _add("swinir_m", "SwinIR", "SwinIR", "upscale", **_SWINIR, img_size=48, embed_di
 _add("swinir_l", "SwinIR", "SwinIR", "upscale", **_SWINIR, img_size=64, embed_dim=240, depths=[6] * 9,
      num_heads=[8] * 9, upsampler="nearest+conv", resi_connection="3conv")
 
-_HAT = dict(in_chans=3, img_size=64, window_size=16, conv_scale=0.01, overlap_ratio=0.5, img_range=1.0, mlp_ratio=2,
-            upsampler="pixelshuffle", resi_connection="1conv")
+_HAT: dict[str, Any] = dict(in_chans=3, img_size=64, window_size=16, conv_scale=0.01, overlap_ratio=0.5, img_range=1.0,
+                            mlp_ratio=2, upsampler="pixelshuffle", resi_connection="1conv")
 _add("hat_s", "HAT", "HAT", "upscale", **_HAT, compress_ratio=24, squeeze_factor=24, depths=[6] * 6, embed_dim=144,
      num_heads=[6] * 6)
 _add("hat_m", "HAT", "HAT", "upscale", **_HAT, compress_ratio=3, squeeze_factor=30, depths=[6] * 6, embed_dim=180,
@@ -143,6 +147,7 @@ _add("atd", "ATD", "ATD", "upscale", in_chans=3, img_size=96, embed_dim=210, dep
 _add("atd_light", "ATD", "ATD", "upscale", in_chans=3, img_size=64, embed_dim=48, depths=[6] * 4, num_heads=[4] * 4,
      window_size=16, category_size=128, num_tokens=64, reducted_dim=8, convffn_kernel_size=7, img_range=1.0,
      mlp_ratio=1, upsampler="pixelshuffledirect", resi_connection="1conv")
+# fmt: on
 
 
 def build_generator(name: str, scale: int, **options: Any) -> nn.Module:
@@ -244,15 +249,24 @@ class DySample(nn.Module):
         offset = self.offset(x) * self.scope(x).sigmoid() * 0.5 + self.init_pos
         offset = offset.view(b, 2, -1, h, w)
         # input pixel centres (x then y), shifted by the offsets, normalised to grid_sample's [-1, 1]
-        ys, xs = torch.meshgrid(torch.arange(h, device=x.device, dtype=x.dtype) + 0.5,
-                                torch.arange(w, device=x.device, dtype=x.dtype) + 0.5, indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.arange(h, device=x.device, dtype=x.dtype) + 0.5,
+            torch.arange(w, device=x.device, dtype=x.dtype) + 0.5,
+            indexing="ij",
+        )
         base = torch.stack([xs, ys]).view(1, 2, 1, h, w)
         size = torch.tensor([w, h], device=x.device, dtype=x.dtype).view(1, 2, 1, 1, 1)
         coords = 2 * (base + offset) / size - 1
-        coords = (F.pixel_shuffle(coords.reshape(b, -1, h, w), s)  # sub-pixel offsets become output pixels
-                  .view(b, 2, -1, s * h, s * w).permute(0, 2, 3, 4, 1).contiguous().flatten(0, 1))
-        out = F.grid_sample(x.reshape(b * g, -1, h, w), coords, mode="bilinear", align_corners=False,
-                             padding_mode="border")
+        coords = (
+            F.pixel_shuffle(coords.reshape(b, -1, h, w), s)  # sub-pixel offsets become output pixels
+            .view(b, 2, -1, s * h, s * w)
+            .permute(0, 2, 3, 4, 1)
+            .contiguous()
+            .flatten(0, 1)
+        )
+        out = F.grid_sample(
+            x.reshape(b * g, -1, h, w), coords, mode="bilinear", align_corners=False, padding_mode="border"
+        )
         return out.view(b, -1, s * h, s * w)
 
 
@@ -301,4 +315,3 @@ class DUnet(nn.Module):
 
 def build_discriminator(name: str, **options: Any) -> nn.Module:
     return DISCRIMINATORS.build(name, **options)
-

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from srcluster.registry import Registry
 from srcluster.components import perceptual
+from srcluster.registry import Registry
 
 LOSSES: Registry[nn.Module] = Registry("loss")
 
@@ -125,8 +125,9 @@ def _filter(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, pad), groups=c)
 
 
-def ssim_and_cs(x: torch.Tensor, y: torch.Tensor, include_luminance: bool, downsample: bool,
-                data_range: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def ssim_and_cs(
+    x: torch.Tensor, y: torch.Tensor, include_luminance: bool, downsample: bool, data_range: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image (SSIM, contrast-structure) means, shape (B,) each, in pyiqa's formulation that traiNNer-redux uses:
     the contrast-structure map is clamped at 0, and luminance only enters when `include_luminance`."""
     if downsample:  # the official MATLAB code averages large images down to about 256 px first
@@ -144,8 +145,9 @@ def ssim_and_cs(x: torch.Tensor, y: torch.Tensor, include_luminance: bool, downs
     return ssim_map.mean(dim=(1, 2, 3)), cs_map.mean(dim=(1, 2, 3))
 
 
-def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, is_prod: bool = True, include_luminance: bool = False,
-            downsample: bool = False) -> torch.Tensor:
+def ms_ssim(
+    x: torch.Tensor, y: torch.Tensor, *, is_prod: bool = True, include_luminance: bool = False, downsample: bool = False
+) -> torch.Tensor:
     """Per-image multi-scale SSIM of images in [0, 1], shape (B,): contrast-structure at the 4 finer scales, SSIM at
     the coarsest, combined as a weighted product (`is_prod`) or a normalised weighted sum."""
     weights = torch.tensor(MS_SSIM_WEIGHTS, dtype=x.dtype, device=x.device)
@@ -173,8 +175,15 @@ class MSSIMLoss(nn.Module):
     window follows the input's channels).
     """
 
-    def __init__(self, channels: int = 3, downsample: bool = False, test_y_channel: bool = True, is_prod: bool = True,
-                 color_space: str = "yiq", include_luminance: bool = False):
+    def __init__(
+        self,
+        channels: int = 3,
+        downsample: bool = False,
+        test_y_channel: bool = True,
+        is_prod: bool = True,
+        color_space: str = "yiq",
+        include_luminance: bool = False,
+    ):
         super().__init__()
         if color_space not in LUMA:
             raise ValueError(f"mssimloss.color_space: {color_space!r} is not one of {', '.join(LUMA)}")
@@ -187,20 +196,29 @@ class MSSIMLoss(nn.Module):
 
     def forward(self, sr: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         with full_precision(sr):
-            score = ms_ssim(self._prepare(sr), self._prepare(gt), is_prod=self.is_prod,
-                            include_luminance=self.include_luminance, downsample=self.downsample)
+            score = ms_ssim(
+                self._prepare(sr),
+                self._prepare(gt),
+                is_prod=self.is_prod,
+                include_luminance=self.include_luminance,
+                downsample=self.downsample,
+            )
         return 1 - score.mean().clamp(0, 1)
 
 
 # --- HSLuv ------------------------------------------------------------------------------------------------------------
 
 # sRGB (D65) <-> CIE XYZ and the CIELUV constants of the HSLuv reference implementation (hsluv.org, v4+).
-_XYZ_TO_RGB = ((3.240969941904521, -1.537383177570093, -0.498610760293),
-               (-0.96924363628087, 1.87596750150772, 0.041555057407175),
-               (0.055630079696993, -0.20397695888897, 1.056971514242878))
-_RGB_TO_XYZ = ((0.41239079926595, 0.35758433938387, 0.18048078840183),
-               (0.21263900587151, 0.71516867876775, 0.072192315360733),
-               (0.019330818715591, 0.11919477979462, 0.95053215224966))
+_XYZ_TO_RGB = (
+    (3.240969941904521, -1.537383177570093, -0.498610760293),
+    (-0.96924363628087, 1.87596750150772, 0.041555057407175),
+    (0.055630079696993, -0.20397695888897, 1.056971514242878),
+)
+_RGB_TO_XYZ = (
+    (0.41239079926595, 0.35758433938387, 0.18048078840183),
+    (0.21263900587151, 0.71516867876775, 0.072192315360733),
+    (0.019330818715591, 0.11919477979462, 0.95053215224966),
+)
 _REF_U, _REF_V = 0.19783000664283, 0.46831999493879
 _KAPPA, _EPSILON = 903.2962962, 0.0088564516
 
@@ -260,8 +278,14 @@ class HSLuvLoss(nn.Module):
     which is what its comment describes. Its `blur_strength` option is not supported.
     """
 
-    def __init__(self, hue_weight: float = 1 / 3, saturation_weight: float = 1 / 3, lightness_weight: float = 1 / 3,
-                 criterion: str = "l1", downscale_factor: int = 1):
+    def __init__(
+        self,
+        hue_weight: float = 1 / 3,
+        saturation_weight: float = 1 / 3,
+        lightness_weight: float = 1 / 3,
+        criterion: str = "l1",
+        downscale_factor: int = 1,
+    ):
         super().__init__()
         self.weights = (hue_weight, saturation_weight, lightness_weight)
         self.criterion = elementwise(criterion, "hsluvloss.criterion")
@@ -287,12 +311,14 @@ class HSLuvLoss(nn.Module):
             # 1 at mid lightness, 0 at black or white, summed over both images
             weight = torch.minimum(l1, 1 - l1).clamp(0, 0.5) + torch.minimum(l2, 1 - l2).clamp(0, 0.5)
             hue_w, sat_w, light_w = self.weights
-            return {"hue": hue.mean() * hue_w,
-                    "saturation": (self.criterion(s1, s2) * weight).mean() * sat_w,
-                    "lightness": self.criterion(l1, l2).mean() * light_w}
+            return {
+                "hue": hue.mean() * hue_w,
+                "saturation": (self.criterion(s1, s2) * weight).mean() * sat_w,
+                "lightness": self.criterion(l1, l2).mean() * light_w,
+            }
 
     def forward(self, sr: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-        return sum(self.components(sr, gt).values())
+        return torch.stack(list(self.components(sr, gt).values())).sum()
 
 
 # --- perceptual -------------------------------------------------------------------------------------------------------
@@ -302,8 +328,13 @@ CONV_LAYER_WEIGHTS = {"conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4":
 RELU_LAYER_WEIGHTS = {"relu1_2": 0.1, "relu2_2": 0.1, "relu3_4": 1.0, "relu4_4": 1.0, "relu5_4": 1.0}
 # criterion -> (point-wise criterion, distribution distance)
 PERCEPTUAL_CRITERIA: dict[str, tuple[str | None, str | None]] = {
-    "l1": ("l1", None), "l2": ("l2", None), "charbonnier": ("charbonnier", None),
-    "pd": (None, "pd"), "fd": (None, "fd"), "pd+l1": ("l1", "pd"), "fd+l1": ("l1", "fd"),
+    "l1": ("l1", None),
+    "l2": ("l2", None),
+    "charbonnier": ("charbonnier", None),
+    "pd": (None, "pd"),
+    "fd": (None, "fd"),
+    "pd+l1": ("l1", "pd"),
+    "fd+l1": ("l1", "fd"),
 }
 
 
@@ -359,29 +390,43 @@ class PerceptualLoss(nn.Module):
     ($TORCH_HOME/hub/checkpoints); nothing is downloaded. `use_input_norm` applies ImageNet's mean/std first.
     """
 
-    def __init__(self, layer_weights: dict[str, float] | None = None, criterion: str = "charbonnier",
-                 w_lambda: float = 0.01, use_input_norm: bool = True, vgg_weights_path: str | None = None,
-                 num_proj_fd: int = 256, phase_weight_fd: float = 1.0, stride_fd: int = 1):
+    def __init__(
+        self,
+        layer_weights: dict[str, float] | None = None,
+        criterion: str = "charbonnier",
+        w_lambda: float = 0.01,
+        use_input_norm: bool = True,
+        vgg_weights_path: str | None = None,
+        num_proj_fd: int = 256,
+        phase_weight_fd: float = 1.0,
+        stride_fd: int = 1,
+    ):
         super().__init__()
         if criterion not in PERCEPTUAL_CRITERIA:
             raise ValueError(f"perceptualloss.criterion: {criterion!r} is not one of {', '.join(PERCEPTUAL_CRITERIA)}")
         pointwise, distribution = PERCEPTUAL_CRITERIA[criterion]
         mixed = bool(pointwise and distribution)
         if layer_weights is None:
-            layer_weights = {**(CONV_LAYER_WEIGHTS if pointwise else {}),
-                             **(RELU_LAYER_WEIGHTS if distribution else {})}
+            layer_weights = {
+                **(CONV_LAYER_WEIGHTS if pointwise else {}),
+                **(RELU_LAYER_WEIGHTS if distribution else {}),
+            }
         unknown = [name for name in layer_weights if name not in perceptual.VGG19_LAYERS]
         if unknown:
-            raise ValueError(f"perceptualloss.layer_weights: unknown VGG19 layer {unknown[0]!r} "
-                             f"(layers are named like conv1_2, relu3_4, pool5)")
+            raise ValueError(
+                f"perceptualloss.layer_weights: unknown VGG19 layer {unknown[0]!r} "
+                f"(layers are named like conv1_2, relu3_4, pool5)"
+            )
         self.layer_weights = dict(layer_weights)
         self.w_lambda = w_lambda
         self.pointwise = ELEMENTWISE[pointwise] if pointwise else None
         # In a mix, conv* layers take the point-wise term and every other layer the distribution term.
-        self.distribution_layers = {name for name in self.layer_weights
-                                    if distribution and not (mixed and name.startswith("conv"))}
-        self.vgg = perceptual.VGGFeatures(list(self.layer_weights), use_input_norm=use_input_norm,
-                                          weights_path=vgg_weights_path)
+        self.distribution_layers = {
+            name for name in self.layer_weights if distribution and not (mixed and name.startswith("conv"))
+        }
+        self.vgg = perceptual.VGGFeatures(
+            list(self.layer_weights), use_input_norm=use_input_norm, weights_path=vgg_weights_path
+        )
         self.fd = None
         if distribution == "fd":
             channels = {name: perceptual.vgg19_channels(name) for name in self.distribution_layers}
@@ -389,6 +434,7 @@ class PerceptualLoss(nn.Module):
 
     def _distance(self, name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if name not in self.distribution_layers:
+            assert self.pointwise is not None  # a layer without the distribution term has the point-wise one
             return self.pointwise(a, b).mean()
         per_image = self.fd(a, b, name) if self.fd is not None else pd_distance(a, b)
         return per_image.mean() * self.w_lambda
@@ -397,8 +443,11 @@ class PerceptualLoss(nn.Module):
         sr_features = self.vgg(sr)
         with torch.no_grad():
             gt_features = self.vgg(gt)
-        return sum(self._distance(name, sr_features[name], gt_features[name]) * weight
-                   for name, weight in self.layer_weights.items())
+        per_layer = [
+            self._distance(name, sr_features[name], gt_features[name]) * weight
+            for name, weight in self.layer_weights.items()
+        ]
+        return torch.stack(per_layer).sum()
 
 
 @LOSSES.register("distsloss")

@@ -111,8 +111,10 @@ def ssim(a: torch.Tensor, b: torch.Tensor, crop_border: int = 0, test_y_channel:
     """Per-image SSIM, shape (B,): mean of the SSIM map of each channel, then mean over channels."""
     a, b = _prepare(a, b, crop_border, test_y_channel)
     if min(a.shape[-2:]) < _SSIM_WINDOW:
-        raise ValueError(f"SSIM needs images of at least {_SSIM_WINDOW}x{_SSIM_WINDOW} after cropping, "
-                         f"got {a.shape[-2]}x{a.shape[-1]}")
+        raise ValueError(
+            f"SSIM needs images of at least {_SSIM_WINDOW}x{_SSIM_WINDOW} after cropping, "
+            f"got {a.shape[-2]}x{a.shape[-1]}"
+        )
     g = _gaussian_1d(a.device)
     mu_a, mu_b = _filter_valid(a, g), _filter_valid(b, g)
     # Population (biased) variances via E[x^2] - E[x]^2, as BasicSR does.

@@ -17,7 +17,7 @@ import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -79,13 +79,15 @@ def vgg_features(arch: str, depth: int | None = None) -> nn.Sequential:
 
 def alexnet_features(depth: int | None = None) -> nn.Sequential:
     """torchvision's `alexnet().features` up to the last ReLU (index 11), same indices."""
-    return nn.Sequential(
+    # fmt: off
+    return nn.Sequential(  # one stage per line
         nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
         nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
         nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
         nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
         nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(),
     )[:depth]
+    # fmt: on
 
 
 def checkpoint_path(arch: str, path: str | None = None, option: str = "a weights path") -> Path:
@@ -100,12 +102,14 @@ def checkpoint_path(arch: str, path: str | None = None, option: str = "a weights
     if not found.is_file():
         raise SrclusterError(
             f"{arch} weights not found: put torchvision's {name} in {found.parent}/ (set TORCH_HOME to use another "
-            f"cache folder) or give {option}; srcluster downloads nothing at run time")
+            f"cache folder) or give {option}; srcluster downloads nothing at run time"
+        )
     return found
 
 
-def pretrained_features(arch: str, depth: int | None = None, path: str | None = None,
-                        option: str = "a weights path") -> nn.Sequential:
+def pretrained_features(
+    arch: str, depth: int | None = None, path: str | None = None, option: str = "a weights path"
+) -> nn.Sequential:
     """torchvision's `arch().features` (first `depth` modules) with the weights of its checkpoint file; the other keys
     of the file (the classifier) are ignored. Built on the meta device first: every weight comes from the file, so
     random initialisation would be wasted work."""
@@ -118,14 +122,16 @@ def pretrained_features(arch: str, depth: int | None = None, path: str | None = 
     with torch.device("meta"):
         features = alexnet_features(depth) if arch == "alexnet" else vgg_features(arch, depth)
     own = features.state_dict()
-    wanted = {key: state.get(f"features.{key}") for key in own}
-    missing = [key for key, value in wanted.items() if value is None]
+    wanted = {key: state[f"features.{key}"] for key in own if f"features.{key}" in state}
+    missing = [key for key in own if key not in wanted]
     if missing:
         raise SrclusterError(f"{file} is not torchvision's {arch} checkpoint: it lacks features.{missing[0]}")
     wrong = [k for k, v in wanted.items() if v.shape != own[k].shape]
     if wrong:
-        raise SrclusterError(f"{file} is not torchvision's {arch} checkpoint: features.{wrong[0]} has shape "
-                             f"{tuple(wanted[wrong[0]].shape)}, expected {tuple(own[wrong[0]].shape)}")
+        raise SrclusterError(
+            f"{file} is not torchvision's {arch} checkpoint: features.{wrong[0]} has shape "
+            f"{tuple(wanted[wrong[0]].shape)}, expected {tuple(own[wrong[0]].shape)}"
+        )
     features.load_state_dict({k: v.float() for k, v in wanted.items()}, assign=True)
     return features
 
@@ -141,15 +147,21 @@ class VGGFeatures(nn.Module):
     traiNNer-redux does, so the zero padding of a crop's edge is not scored as image content.
     """
 
+    mean: torch.Tensor  # buffers, declared so they type as tensors rather than as Module attributes
+    std: torch.Tensor
+
     def __init__(self, layers: Sequence[str], use_input_norm: bool = True, weights_path: str | None = None):
         super().__init__()
         unknown = [name for name in layers if name not in VGG19_LAYERS]
         if unknown:
             raise ValueError(f"unknown VGG19 layer {unknown[0]!r}")
         self.layers = sorted(set(layers), key=VGG19_LAYERS.index)
-        self.body = pretrained_features("vgg19", VGG19_LAYERS.index(self.layers[-1]) + 1, weights_path,
-                                        "perceptualloss.vgg_weights_path")
-        self.body[0].padding_mode = "replicate"
+        self.body = pretrained_features(
+            "vgg19", VGG19_LAYERS.index(self.layers[-1]) + 1, weights_path, "perceptualloss.vgg_weights_path"
+        )
+        conv1_1 = self.body[0]
+        assert isinstance(conv1_1, nn.Conv2d)  # VGG's features start with a conv
+        conv1_1.padding_mode = "replicate"
         _frozen(self.body)
         self.use_input_norm = use_input_norm
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -162,7 +174,7 @@ class VGGFeatures(nn.Module):
         if self.use_input_norm:
             x = (x - self.mean) / self.std
         out = {}
-        for name, module in zip(VGG19_LAYERS, self.body):
+        for name, module in zip(VGG19_LAYERS, self.body, strict=False):  # the body stops at the deepest layer asked for
             x = module(x)
             if name in self.layers:
                 out[name] = x
@@ -177,8 +189,9 @@ def torchmetrics_file(*parts: str) -> Path:
     torchmetrics."""
     spec = importlib.util.find_spec("torchmetrics")
     if spec is None or spec.origin is None:
-        raise SrclusterError("LPIPS and DISTS read their learned weights from the torchmetrics package: "
-                             "pip install 'torchmetrics>=1.9'")
+        raise SrclusterError(
+            "LPIPS and DISTS read their learned weights from the torchmetrics package: pip install 'torchmetrics>=1.9'"
+        )
     found = Path(spec.origin).parent.joinpath("functional", "image", *parts)
     if not found.is_file():
         raise SrclusterError(f"{found} is missing from the installed torchmetrics (srcluster needs torchmetrics>=1.9)")
@@ -197,21 +210,26 @@ class LPIPS(nn.Module):
     per channel by the learned linear heads, averaged over pixels and summed over layers.
     """
 
-    TAPS = {"alex": (1, 4, 7, 9, 11), "vgg": (3, 8, 15, 22, 29)}  # indices of the ReLUs in `features`
-    CHANNELS = {"alex": (64, 192, 384, 256, 256), "vgg": (64, 128, 256, 512, 512)}
+    TAPS: ClassVar[dict[str, tuple[int, ...]]] = {"alex": (1, 4, 7, 9, 11), "vgg": (3, 8, 15, 22, 29)}  # ReLU indices
+    CHANNELS: ClassVar[dict[str, tuple[int, ...]]] = {"alex": (64, 192, 384, 256, 256), "vgg": (64, 128, 256, 512, 512)}
+    shift: torch.Tensor  # buffers
+    scale: torch.Tensor
 
-    def __init__(self, net: Literal["alex", "vgg"] = "alex", backbone_path: str | None = None,
-                 heads_path: str | None = None):
+    def __init__(
+        self, net: Literal["alex", "vgg"] = "alex", backbone_path: str | None = None, heads_path: str | None = None
+    ):
         super().__init__()
         if net not in self.TAPS:
             raise ValueError(f"lpips net {net!r} is not one of alex, vgg")
         self.taps = self.TAPS[net]
-        self.features = pretrained_features("alexnet" if net == "alex" else "vgg16", self.taps[-1] + 1, backbone_path,
-                                            "lpips backbone_path")
-        self.heads = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in self.CHANNELS[net])
-        heads = _read_small(Path(heads_path) if heads_path else torchmetrics_file("lpips_models", f"{net}.pth"))
-        for i, head in enumerate(self.heads):
-            head.weight.data.copy_(heads[f"lin{i}.model.1.weight"])
+        self.features = pretrained_features(
+            "alexnet" if net == "alex" else "vgg16", self.taps[-1] + 1, backbone_path, "lpips backbone_path"
+        )
+        heads = [nn.Conv2d(c, 1, 1, bias=False) for c in self.CHANNELS[net]]
+        learned = _read_small(Path(heads_path) if heads_path else torchmetrics_file("lpips_models", f"{net}.pth"))
+        for i, head in enumerate(heads):
+            head.weight.data.copy_(learned[f"lin{i}.model.1.weight"])
+        self.heads = nn.ModuleList(heads)
         # LPIPS' input scaling: [-1, 1] images shifted and scaled to roughly ImageNet statistics
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False)
@@ -227,12 +245,17 @@ class LPIPS(nn.Module):
         return out
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return sum(head((fa - fb) ** 2).mean(dim=(1, 2, 3))
-                   for head, fa, fb in zip(self.heads, self._taps(a), self._taps(b)))
+        per_layer = [
+            head((fa - fb) ** 2).mean(dim=(1, 2, 3))
+            for head, fa, fb in zip(self.heads, self._taps(a), self._taps(b), strict=True)
+        ]
+        return torch.stack(per_layer).sum(dim=0)
 
 
 class L2Pooling(nn.Module):
     """DISTS' anti-aliased downsampling: sqrt of a Hann-weighted 3x3 average of x^2, stride 2."""
+
+    filter: torch.Tensor  # a buffer
 
     def __init__(self, channels: int):
         super().__init__()
@@ -251,14 +274,22 @@ class DISTS(nn.Module):
     Differentiable, so it also serves as `distsloss`."""
 
     TAPS = (3, 8, 15, 22, 29)
-    CHANNELS = (3, 64, 128, 256, 512, 512)
+    CHANNELS = (3, 64, 128, 256, 512, 512)  # the image itself, then the five stages
+    alpha: torch.Tensor  # buffers
+    beta: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, vgg_weights_path: str | None = None, weights_path: str | None = None):
         super().__init__()
         features = pretrained_features("vgg16", self.TAPS[-1] + 1, vgg_weights_path, "dists vgg_weights_path")
+        channels = 3
         for i in range(len(features)):
-            if isinstance(features[i], nn.MaxPool2d):  # each pool follows a conv and its ReLU
-                features[i] = L2Pooling(features[i - 2].out_channels)
+            module = features[i]
+            if isinstance(module, nn.Conv2d):
+                channels = module.out_channels
+            elif isinstance(module, nn.MaxPool2d):  # pools what the conv before it made
+                features[i] = L2Pooling(channels)
         self.features = features
         weights = _read_small(Path(weights_path) if weights_path else torchmetrics_file("dists_models", "weights.pt"))
         self.register_buffer("alpha", weights["alpha"].float().view(1, -1, 1, 1))
@@ -277,11 +308,11 @@ class DISTS(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         total = self.alpha.sum() + self.beta.sum()
-        alphas = torch.split(self.alpha / total, self.CHANNELS, dim=1)
-        betas = torch.split(self.beta / total, self.CHANNELS, dim=1)
+        alphas = torch.split(self.alpha / total, list(self.CHANNELS), dim=1)
+        betas = torch.split(self.beta / total, list(self.CHANNELS), dim=1)
         c1 = c2 = 1e-6
         score = a.new_zeros(a.shape[0])
-        for fa, fb, alpha, beta in zip(self._stages(a), self._stages(b), alphas, betas):
+        for fa, fb, alpha, beta in zip(self._stages(a), self._stages(b), alphas, betas, strict=True):
             mean_a, mean_b = fa.mean(dim=(2, 3), keepdim=True), fb.mean(dim=(2, 3), keepdim=True)
             texture = (2 * mean_a * mean_b + c1) / (mean_a**2 + mean_b**2 + c1)
             var_a = ((fa - mean_a) ** 2).mean(dim=(2, 3), keepdim=True)
@@ -295,10 +326,12 @@ class DISTS(nn.Module):
 def require_pyiqa():
     """pyiqa (TOPIQ) is optional: it pulls a very large dependency tree, so srcluster does not install it."""
     try:
-        import pyiqa
+        import pyiqa  # pyright: ignore[reportMissingImports]  # optional and not installed with srcluster
     except ImportError:
-        raise SrclusterError("TOPIQ needs pyiqa, which srcluster does not install (it pulls a very large dependency "
-                             "tree): pip install pyiqa") from None
+        raise SrclusterError(
+            "TOPIQ needs pyiqa, which srcluster does not install (it pulls a very large dependency "
+            "tree): pip install pyiqa"
+        ) from None
     return pyiqa
 
 
@@ -308,8 +341,9 @@ def pyiqa_metric(name: str, device: torch.device) -> nn.Module:
     except SrclusterError:
         raise
     except Exception as exc:  # pyiqa fetches its weights on first use; here they must already be in its cache
-        raise SrclusterError(f"pyiqa could not build {name}: {exc} (nothing is downloaded here: put its weights in "
-                             "pyiqa's cache first)") from None
+        raise SrclusterError(
+            f"pyiqa could not build {name}: {exc} (nothing is downloaded here: put its weights in pyiqa's cache first)"
+        ) from None
 
 
 # --- metrics by name --------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -30,7 +31,9 @@ class LoadReport:
     def summary(self) -> str:
         text = f"loaded {self.loaded} tensors from {self.source}"
         if self.skipped:
-            text += f"; skipped {len(self.skipped)}: {', '.join(self.skipped[:6])}{' …' if len(self.skipped) > 6 else ''}"
+            text += (
+                f"; skipped {len(self.skipped)}: {', '.join(self.skipped[:6])}{' …' if len(self.skipped) > 6 else ''}"
+            )
         if self.missing:
             text += f"; {len(self.missing)} left at their initial values"
         return text
@@ -43,7 +46,7 @@ def read_state_dict(source: str, param_key: str | None = None) -> dict[str, torc
         raise SrclusterError(f"pretrain {source}: resolve registry URIs with tracking.models.weights_file first")
     fs, path = StorageSettings.resolve().filesystem(source)
     try:
-        data = fs.cat_file(path)
+        data = cast(bytes, fs.cat_file(path))  # fsspec is untyped; cat_file reads in binary mode
     except FileNotFoundError:
         raise SrclusterError(f"pretrain {source} does not exist") from None
     if path.endswith(".safetensors"):
@@ -53,7 +56,9 @@ def read_state_dict(source: str, param_key: str | None = None) -> dict[str, torc
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # a pickle with code in it, or not a torch file at all
-        raise SrclusterError(f"pretrain {source} is not a weights-only torch file or safetensors ({exc.__class__.__name__})") from None
+        raise SrclusterError(
+            f"pretrain {source} is not a weights-only torch file or safetensors ({exc.__class__.__name__})"
+        ) from None
     if param_key:
         if param_key not in state:
             raise SrclusterError(f"pretrain {source} has no key {param_key!r} (keys: {', '.join(map(str, state))})")
@@ -64,14 +69,18 @@ def read_state_dict(source: str, param_key: str | None = None) -> dict[str, torc
     return state
 
 
-def load_pretrain(net: nn.Module, source: str, *, param_key: str | None = None, strict: bool = True) -> LoadReport:
-    """strict: every tensor must match in name and shape. Not strict: load what matches, report the rest.
+def load_pretrain(
+    net: nn.Module, source: str, *, param_key: str | None = None, strict: bool = True, label: str | None = None
+) -> LoadReport:
+    """strict: every tensor must match in name and shape. Not strict: load what matches, report the rest. `label` names
+    the pretrain in reports and errors as the user gave it (a `models:/` URI resolved to `source`, a local file).
 
     Not strict is how a 2x pretrain starts a 4x model: everything but the upsampler carries over.
     """
     incoming = {k.removeprefix("module."): v for k, v in read_state_dict(source, param_key).items()}
     own = net.state_dict()
-    report = LoadReport(source, 0)
+    label = label or source
+    report = LoadReport(label, 0)
     usable = {}
     for name, tensor in incoming.items():
         if name not in own:
@@ -83,8 +92,10 @@ def load_pretrain(net: nn.Module, source: str, *, param_key: str | None = None, 
     report.missing = [name for name in own if name not in usable]
     if strict and (report.skipped or report.missing):
         problems = report.skipped + [f"{name} (missing in pretrain)" for name in report.missing]
-        raise SrclusterError(f"strict_load_g: pretrain {source} does not match the model: {'; '.join(problems[:10])}"
-                             f"{' …' if len(problems) > 10 else ''} (set path.strict_load_g: false to load what matches)")
+        raise SrclusterError(
+            f"strict_load_g: pretrain {label} does not match the model: {'; '.join(problems[:10])}"
+            f"{' …' if len(problems) > 10 else ''} (set path.strict_load_g: false to load what matches)"
+        )
     net.load_state_dict(usable, strict=False)
     report.loaded = len(usable)
     return report

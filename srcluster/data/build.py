@@ -25,10 +25,11 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from srcluster.data.images import (
     ALPHA_POLICIES,
@@ -41,9 +42,10 @@ from srcluster.data.images import (
     encode,
     tile_boxes,
 )
+from srcluster.data.manifest import read_manifest
 from srcluster.data.remote import read_bytes
-from srcluster.data.shards import REPORT, Sample, ShardSetWriter, check_extra, join_url, read_manifest
-from srcluster.data.sources import ImageFile, list_image_files, pair_files
+from srcluster.data.shards import REPORT, Sample, ShardSetWriter, check_extra
+from srcluster.data.sources import ImageFile, join_url, list_image_files, pair_files
 from srcluster.errors import SrclusterError, StorageError
 
 log = logging.getLogger(__name__)
@@ -89,22 +91,34 @@ class TileSettings:
         return {"size": self.tile, "stride": self.stride or self.tile, "min_size": self.effective_min}
 
 
-def tile_samples(key: str, hr: np.ndarray, lr: np.ndarray | None, settings: TileSettings,
-                 meta: dict[str, Any]) -> list[Sample]:
+def tile_samples(
+    key: str, hr: np.ndarray, lr: np.ndarray | None, settings: TileSettings, meta: dict[str, Any]
+) -> list[Sample]:
     """The samples of one decoded source (HR, and LR when paired): one per tile, keys `{key}_y{y}_x{x}` when tiled."""
     s = settings.scale
     grid = hr if lr is None else lr  # cut on the LR grid so HR tiles stay aligned with LR tiles
     f = 1 if lr is None else s
-    boxes = tile_boxes(grid.shape[0], grid.shape[1], settings.tile and settings.tile // f,
-                       settings.stride and settings.stride // f, settings.effective_min // f)
+    boxes = tile_boxes(
+        grid.shape[0],
+        grid.shape[1],
+        settings.tile and settings.tile // f,
+        settings.stride and settings.stride // f,
+        settings.effective_min // f,
+    )
     samples = []
     for y, x, h, w in boxes:
         hy, hx, hh, hw = y * f, x * f, h * f, w * f
         name = key if settings.tile is None else f"{key}_y{hy:04d}_x{hx:04d}"
-        lr_bytes = None if lr is None else encode(lr[y:y + h, x:x + w], settings.image_format)
-        samples.append(Sample(name, encode(hr[hy:hy + hh, hx:hx + hw], settings.image_format),
-                              {**meta, "box": [hy, hx, hh, hw], "source_size": list(hr.shape[:2])},
-                              settings.image_format, lr_bytes))
+        lr_bytes = None if lr is None else encode(lr[y : y + h, x : x + w], settings.image_format)
+        samples.append(
+            Sample(
+                name,
+                encode(hr[hy : hy + hh, hx : hx + hw], settings.image_format),
+                {**meta, "box": [hy, hx, hh, hw], "source_size": list(hr.shape[:2])},
+                settings.image_format,
+                lr_bytes,
+            )
+        )
     return samples
 
 
@@ -166,12 +180,26 @@ def plan(sources: list[str], lq: list[str] | None) -> tuple[list[Item], list[str
     return items, orphans
 
 
-def fingerprint(items: list[Item], sources: list[str], lq: list[str] | None, settings: TileSettings,
-                max_samples: int, max_bytes: int) -> str:
-    listing = [[i.hr.rel, i.hr.size, i.hr.modified] + ([i.lr.rel, i.lr.size, i.lr.modified] if i.lr else [])
-               for i in items]
-    content = {"builder": BUILDER, "sources": sources, "lq": lq, "settings": asdict(settings),
-               "max_samples": max_samples, "max_bytes": max_bytes, "files": listing}
+def fingerprint(
+    items: list[Item],
+    sources: list[str],
+    lq: list[str] | None,
+    settings: TileSettings,
+    max_samples: int,
+    max_bytes: int,
+) -> str:
+    listing = [
+        [i.hr.rel, i.hr.size, i.hr.modified] + ([i.lr.rel, i.lr.size, i.lr.modified] if i.lr else []) for i in items
+    ]
+    content = {
+        "builder": BUILDER,
+        "sources": sources,
+        "lq": lq,
+        "settings": asdict(settings),
+        "max_samples": max_samples,
+        "max_bytes": max_bytes,
+        "files": listing,
+    }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
@@ -185,8 +213,9 @@ class Encoded:
     bad: bool = True
 
 
-def encode_source(key: str, name: str, hr: bytes, lr_name: str | None, lr: bytes | None,
-                  settings: TileSettings) -> Encoded:
+def encode_source(
+    key: str, name: str, hr: bytes, lr_name: str | None, lr: bytes | None, settings: TileSettings
+) -> Encoded:
     """Decode, check, tile and encode one source; bad input becomes a reason, never an exception."""
     try:
         hr_rgb = decode_rgb(hr, settings.alpha)
@@ -200,8 +229,7 @@ def encode_source(key: str, name: str, hr: bytes, lr_name: str | None, lr: bytes
             return Encoded(skip=f"LR partner {lr_name}: {exc}")
         (h, w), (lh, lw), s = hr_rgb.shape[:2], lr_rgb.shape[:2], settings.scale
         if (h, w) != (lh * s, lw * s):
-            return Encoded(skip=f"HR {w}x{h} is not {s} x LR {lw}x{lh} ({lr_name}); "
-                                f"expected LR {w / s:g}x{h / s:g}")
+            return Encoded(skip=f"HR {w}x{h} is not {s} x LR {lw}x{lh} ({lr_name}); expected LR {w / s:g}x{h / s:g}")
     meta = {"source": name} if lr_name is None else {"source": name, "lr_source": lr_name}
     samples = tile_samples(key, hr_rgb, lr_rgb, settings, meta)
     if not samples:
@@ -284,13 +312,20 @@ def _existing_manifest(dest: str) -> dict | None:
         return None
 
 
-def build_shards(sources: str | list[str], dest: str, *, lq: str | list[str] | None = None,
-                 settings: TileSettings | None = None, max_samples: int = 1000, max_bytes: int = 256 << 20,
-                 max_bad_fraction: float = 0.01, workers: int | None = None, progress: bool = True,
-                 manifest_extra: dict | None = None) -> BuildResult:
+def build_shards(
+    sources: str | list[str],
+    dest: str,
+    *,
+    lq: str | list[str] | None = None,
+    settings: TileSettings | None = None,
+    max_samples: int = 1000,
+    max_bytes: int = 256 << 20,
+    max_bad_fraction: float = 0.01,
+    workers: int | None = None,
+    progress: bool = True,
+    manifest_extra: dict | None = None,
+) -> BuildResult:
     """Build (or finish, or confirm) the shard set at `dest` from folders of images; see the module docstring."""
-    from tqdm import tqdm
-
     settings = settings or TileSettings()
     sources = [_absolute(s) for s in ([sources] if isinstance(sources, str) else sources)]
     lq_list = None if lq is None else [_absolute(s) for s in ([lq] if isinstance(lq, str) else lq)]
@@ -317,8 +352,10 @@ def build_shards(sources: str | list[str], dest: str, *, lq: str | list[str] | N
     report = {"dest": dest, "sources": sources, "lq_sources": lq_list, "unpaired_lr": orphans}
     results = _encoded_in_order(items[start:], settings, workers)
     try:
-        with closing(results), tqdm(total=len(items), initial=start, desc=f"shards -> {dest}", unit="image",
-                                    disable=not progress) as bar:
+        with (
+            closing(results),
+            tqdm(total=len(items), initial=start, desc=f"shards -> {dest}", unit="image", disable=not progress) as bar,
+        ):
             for position, result in enumerate(results, start):
                 if result.skip is not None:
                     writer.skip(items[position].hr.url, result.skip, bad=result.bad)
@@ -340,24 +377,38 @@ def build_shards(sources: str | list[str], dest: str, *, lq: str | list[str] | N
 
     bad = sum(s["bad"] for s in writer.skipped)
     writer.publish_json(REPORT, {**report, "status": "complete", "created": _now(), "skipped": writer.skipped})
-    manifest = writer.write_manifest({
-        "image_format": settings.image_format, "paired": lq_list is not None,
-        "scale": settings.scale if lq_list is not None else None, "tile": settings.describe(),
-        "alpha": settings.alpha, "sources": sources, "lq_sources": lq_list,
-        "build": {"builder": BUILDER, "fingerprint": fp, "source_images": len(items),
-                  "skipped": len(writer.skipped), "bad": bad, "unpaired_lr": len(orphans), "report": REPORT},
-        **extra,
-    })
+    manifest = writer.write_manifest(
+        {
+            "image_format": settings.image_format,
+            "paired": lq_list is not None,
+            "scale": settings.scale if lq_list is not None else None,
+            "tile": settings.describe(),
+            "alpha": settings.alpha,
+            "sources": sources,
+            "lq_sources": lq_list,
+            "build": {
+                "builder": BUILDER,
+                "fingerprint": fp,
+                "source_images": len(items),
+                "skipped": len(writer.skipped),
+                "bad": bad,
+                "unpaired_lr": len(orphans),
+                "report": REPORT,
+            },
+            **extra,
+        }
+    )
     return BuildResult(dest, manifest, True, writer.resumed_shards, writer.skipped, orphans)
 
 
 class _TooManyBad(Exception):
     def __init__(self, bad: int, total: int, fraction: float, skipped: list[dict]):
         examples = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped if s["bad"])
-        super().__init__(f"{bad} of {total} source images are bad (allowed: {fraction:.1%}): "
-                         f"{examples[:600]}{'…' if len(examples) > 600 else ''}")
+        super().__init__(
+            f"{bad} of {total} source images are bad (allowed: {fraction:.1%}): "
+            f"{examples[:600]}{'…' if len(examples) > 600 else ''}"
+        )
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -59,8 +59,9 @@ def decode(data: bytes) -> tuple[np.ndarray, bool]:
         raise ImageError("empty file")
     size, orientation = header(data)
     if size is not None and size[0] * size[1] > MAX_PIXELS:
-        raise ImageError(f"header claims {size[0]}x{size[1]} pixels, more than the limit of {MAX_PIXELS} "
-                         "(refused before decoding)")
+        raise ImageError(
+            f"header claims {size[0]}x{size[1]} pixels, more than the limit of {MAX_PIXELS} (refused before decoding)"
+        )
     try:
         array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # never applies EXIF orientation
     except cv2.error:  # OpenCV asserts on some malformed headers instead of returning None; PIL gets its say
@@ -86,8 +87,10 @@ def header(data: bytes) -> tuple[tuple[int, int] | None, int]:
             return img.size, _orientation(img)
     except Image.DecompressionBombError as exc:  # PIL's check of the same bound, made before it hands out the size
         claimed = re.search(r"\((\d+) pixels\)", str(exc))
-        raise ImageError(f"header claims {claimed.group(1) if claimed else 'more'} pixels, more than the limit of "
-                         f"{MAX_PIXELS} (refused before decoding)") from None
+        raise ImageError(
+            f"header claims {claimed.group(1) if claimed else 'more'} pixels, more than the limit of "
+            f"{MAX_PIXELS} (refused before decoding)"
+        ) from None
     except Exception:  # not an image PIL knows: OpenCV may still read it, and has its own pixel bound
         return None, 1
 
@@ -207,8 +210,9 @@ def _starts(length: int, tile: int, stride: int, min_size: int) -> list[tuple[in
     return [(start, tile) for start in starts]
 
 
-def tile_boxes(height: int, width: int, tile: int | None, stride: int | None = None,
-               min_size: int = 1) -> list[tuple[int, int, int, int]]:
+def tile_boxes(
+    height: int, width: int, tile: int | None, stride: int | None = None, min_size: int = 1
+) -> list[tuple[int, int, int, int]]:
     """(y, x, h, w) of every tile of a height x width image, row by row.
 
     Without `tile` the whole image is one box. Sides shorter than `tile` (but at least `min_size`) stay whole, so an
@@ -221,8 +225,9 @@ def tile_boxes(height: int, width: int, tile: int | None, stride: int | None = N
     return [(y, x, h, w) for y, h in rows for x, w in cols]
 
 
-def iter_tiles(rgb: np.ndarray, tile: int | None, stride: int | None = None,
-               min_size: int = 1) -> Iterator[tuple[tuple[int, int, int, int], np.ndarray]]:
+def iter_tiles(
+    rgb: np.ndarray, tile: int | None, stride: int | None = None, min_size: int = 1
+) -> Iterator[tuple[tuple[int, int, int, int], np.ndarray]]:
     for box in tile_boxes(rgb.shape[0], rgb.shape[1], tile, stride, min_size):
         y, x, h, w = box
-        yield box, rgb[y:y + h, x:x + w]
+        yield box, rgb[y : y + h, x : x + w]

@@ -27,6 +27,11 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from aiohttp import ClientError as AiohttpError
+from botocore.exceptions import BotoCoreError, ClientError
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.implementations.memory import MemoryFileSystem
+
 from srcluster.errors import StorageError
 from srcluster.storage import StorageSettings
 
@@ -75,11 +80,6 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, (OSError, TimeoutError, asyncio.TimeoutError, ConnectionError)):
         return True  # s3fs turns 5xx, throttling and most transport errors into OSError
-    try:
-        from aiohttp import ClientError as AiohttpError
-        from botocore.exceptions import BotoCoreError, ClientError
-    except ImportError:  # pragma: no cover - both come with s3fs
-        return False
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return status >= 500 or status in (408, 429)
@@ -100,22 +100,26 @@ def retrying(call: Callable[[], T], what: str, *, deadline_s: float | None = Non
             waited = time.monotonic() - start
             if waited + delay > deadline_s:
                 endpoint = StorageSettings.resolve().endpoint_url or "the default AWS endpoint"
-                raise StorageError(f"{what}: storage at {endpoint} still failing after {waited:.0f} s "
-                                   f"({exc.__class__.__name__}: {exc})") from exc
+                raise StorageError(
+                    f"{what}: storage at {endpoint} still failing after {waited:.0f} s "
+                    f"({exc.__class__.__name__}: {exc})"
+                ) from exc
             attempt += 1
             IO_COUNTS.add("io_retries")
             if attempt in (1, 4, 16, 64):  # visible, without a line per retry while a server restarts
-                log.warning("%s failed (%s: %s); retrying for up to %.0f s", what, exc.__class__.__name__,
-                            str(exc)[:200], deadline_s - waited)
+                log.warning(
+                    "%s failed (%s: %s); retrying for up to %.0f s",
+                    what,
+                    exc.__class__.__name__,
+                    str(exc)[:200],
+                    deadline_s - waited,
+                )
             time.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_SLEEP_S)
 
 
 def is_remote(fs: Any) -> bool:
     """Whether reads from `fs` cross a network (and so need retries and read-ahead)."""
-    from fsspec.implementations.local import LocalFileSystem
-    from fsspec.implementations.memory import MemoryFileSystem
-
     return not isinstance(fs, (LocalFileSystem, MemoryFileSystem))
 
 
@@ -155,8 +159,9 @@ class RemoteReader(io.RawIOBase):
         try:
             while offset < self.size and not self._stop.is_set():
                 end = min(offset + self.block, self.size)
-                data = retrying(lambda start=offset, stop=end: self._get(start, stop),
-                                f"reading {self.url} at byte {offset}")
+                data = retrying(
+                    lambda start=offset, stop=end: self._get(start, stop), f"reading {self.url} at byte {offset}"
+                )
                 if not self._put(data):
                     return
                 offset = end
@@ -192,7 +197,7 @@ class RemoteReader(io.RawIOBase):
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
-            parts = [self._buffer[self._pos:]]
+            parts = [self._buffer[self._pos :]]
             self._buffer, self._pos = b"", 0
             while (chunk := self._next_block()) is not None:
                 parts.append(chunk)
@@ -202,13 +207,13 @@ class RemoteReader(io.RawIOBase):
             if block is None:
                 return b""
             self._buffer, self._pos = block, 0
-        out = self._buffer[self._pos:self._pos + size]
+        out = self._buffer[self._pos : self._pos + size]
         self._pos += len(out)
         return out
 
     def readinto(self, target) -> int:
         data = self.read(len(target))
-        target[:len(data)] = data
+        target[: len(data)] = data
         return len(data)
 
     def _next_block(self) -> bytes | None:

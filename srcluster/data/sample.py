@@ -16,10 +16,13 @@ import logging
 from collections.abc import Iterator
 
 import numpy as np
+import skimage.data
 
 from srcluster.data.build import TileSettings, tile_samples
 from srcluster.data.images import encode
-from srcluster.data.shards import MANIFEST, Sample, is_local, join_url, read_manifest, write_shards
+from srcluster.data.manifest import MANIFEST, read_manifest
+from srcluster.data.shards import Sample, is_local, write_shards
+from srcluster.data.sources import join_url
 from srcluster.errors import StorageError
 from srcluster.storage import StorageSettings, is_s3
 
@@ -27,18 +30,18 @@ log = logging.getLogger(__name__)
 
 # name -> skimage.data function; the order here is the order of the tiles in the shards.
 PHOTOS: dict[str, str] = {
-    "astronaut": "astronaut",      # 512x512 RGB portrait
-    "camera": "camera",            # 512x512 gray, man with a camera
-    "chelsea": "chelsea",          # 300x451 RGB, a cat: fur and whiskers
-    "coffee": "coffee",            # 400x600 RGB, a cup of coffee
-    "coins": "coins",              # 303x384 gray, coins on a table
-    "moon": "moon",                # 512x512 gray, the lunar surface
-    "rocket": "rocket",            # 427x640 RGB, a rocket on its launch pad
+    "astronaut": "astronaut",  # 512x512 RGB portrait
+    "camera": "camera",  # 512x512 gray, man with a camera
+    "chelsea": "chelsea",  # 300x451 RGB, a cat: fur and whiskers
+    "coffee": "coffee",  # 400x600 RGB, a cup of coffee
+    "coins": "coins",  # 303x384 gray, coins on a table
+    "moon": "moon",  # 512x512 gray, the lunar surface
+    "rocket": "rocket",  # 427x640 RGB, a rocket on its launch pad
     "motorcycle": "stereo_motorcycle",  # 500x741 RGB, left view of a stereo pair
-    "brick": "brick",              # 512x512 gray, a brick wall
-    "grass": "grass",              # 512x512 gray, grass
-    "gravel": "gravel",            # 512x512 gray, gravel
-    "text": "text",                # 172x448 gray, a photographed sign
+    "brick": "brick",  # 512x512 gray, a brick wall
+    "grass": "grass",  # 512x512 gray, grass
+    "gravel": "gravel",  # 512x512 gray, gravel
+    "text": "text",  # 172x448 gray, a photographed sign
 }
 DEFAULT_VAL = ("chelsea", "coffee")  # two colour photos with fine detail, held out of training
 GENERATOR = "srcluster.data.sample/2"  # bump when the tiles change, so an older dataset is rebuilt (/2: WebP)
@@ -47,8 +50,6 @@ SHARD_SAMPLES = 32  # ~4-5 shards: two ranks with two workers each still get a d
 
 def sample_photos() -> list[tuple[str, np.ndarray]]:
     """(name, HxWx3 uint8) for every demo photo, in a fixed order."""
-    import skimage.data
-
     photos = []
     for name, function in PHOTOS.items():
         image = getattr(skimage.data, function)()
@@ -77,7 +78,7 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
     if height < size or width < size:
         raise ValueError(f"a {height}x{width} photo cannot give a {size}x{size} centre crop")
     top, left = (height - size) // 2, (width - size) // 2
-    return image[top:top + size, left:left + size]
+    return image[top : top + size, left : left + size]
 
 
 def _write_val(photos: dict[str, np.ndarray], val_dest: str, val_size: int) -> list[str]:
@@ -115,9 +116,16 @@ def _val_complete(val_dest: str, names: tuple[str, ...]) -> bool:
         return False
 
 
-def build_sample_dataset(train_dest: str, val_dest: str, *, tile: int = 128, stride: int | None = None,
-                         val_names: tuple[str, ...] = DEFAULT_VAL, val_size: int = 128,
-                         progress: bool = True) -> dict:
+def build_sample_dataset(
+    train_dest: str,
+    val_dest: str,
+    *,
+    tile: int = 128,
+    stride: int | None = None,
+    val_names: tuple[str, ...] = DEFAULT_VAL,
+    val_size: int = 128,
+    progress: bool = True,
+) -> dict:
     """Write the demo training shards and validation folder; do nothing when an identical build is already there."""
     stride = stride or tile
     if tile < 1 or stride < 1:
@@ -128,20 +136,39 @@ def build_sample_dataset(train_dest: str, val_dest: str, *, tile: int = 128, str
     if unknown or not val_names:
         raise ValueError(f"val_names must be some of {sorted(PHOTOS)}; unknown: {sorted(unknown)}")
     train_names = [name for name in PHOTOS if name not in val_names]
-    settings = {"generator": GENERATOR, "tile": tile, "stride": stride, "train_photos": train_names,
-                "val_photos": list(val_names), "val_size": val_size}
+    settings = {
+        "generator": GENERATOR,
+        "tile": tile,
+        "stride": stride,
+        "train_photos": train_names,
+        "val_photos": list(val_names),
+        "val_size": val_size,
+    }
     summary = {"train": train_dest, "val": val_dest, "settings": settings}
 
     manifest = _existing(train_dest)
     if manifest is not None and manifest.get("sample_dataset") == settings and _val_complete(val_dest, val_names):
         log.info("sample dataset already at %s (%d tiles); nothing to do", train_dest, manifest["samples"])
-        return {**summary, "created": False, "tiles": manifest["samples"], "shards": len(manifest["shards"]),
-                "val_images": [join_url(val_dest, f"{name}.png") for name in val_names], "manifest": manifest}
+        return {
+            **summary,
+            "created": False,
+            "tiles": manifest["samples"],
+            "shards": len(manifest["shards"]),
+            "val_images": [join_url(val_dest, f"{name}.png") for name in val_names],
+            "manifest": manifest,
+        }
 
     photos = dict(sample_photos())
     samples = (sample for name in train_names for sample in tiles(name, photos[name], tile, stride))
-    manifest = write_shards(samples, train_dest, max_samples=SHARD_SAMPLES, progress=progress,
-                            manifest_extra={"sample_dataset": settings})
+    manifest = write_shards(
+        samples, train_dest, max_samples=SHARD_SAMPLES, progress=progress, manifest_extra={"sample_dataset": settings}
+    )
     val_urls = _write_val({name: photos[name] for name in val_names}, val_dest, val_size)
-    return {**summary, "created": True, "tiles": manifest["samples"], "shards": len(manifest["shards"]),
-            "val_images": val_urls, "manifest": manifest}
+    return {
+        **summary,
+        "created": True,
+        "tiles": manifest["samples"],
+        "shards": len(manifest["shards"]),
+        "val_images": val_urls,
+        "manifest": manifest,
+    }

@@ -1,4 +1,7 @@
-"""WebDataset tar shards at any fsspec URL: writing them (atomically, resumably), their manifest, verifying, stats.
+"""WebDataset tar shards at any fsspec URL: writing them (atomically, resumably) and their manifest.
+
+Reading them is in `manifest` (the manifest, shard URLs, verify, stats) and `tar_reader` (strict member reading); both
+are re-exported here, so `srcluster.data.shards` stays the one import for a shard set.
 
 Layout of a shard set at DEST (s3://bucket/prefix, a local folder, file://..., memory://...):
 
@@ -20,37 +23,87 @@ and continues from the input position after them; the work folders are removed o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
 import os
 import posixpath
-import re
 import tarfile
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from srcluster.data.remote import is_remote, open_for_reading, reader_filesystem, retrying
+from fsspec.implementations.local import LocalFileSystem
+from tqdm import tqdm
+
+from srcluster import __version__
+from srcluster.data.manifest import (
+    FORMAT,
+    MANIFEST,
+    READABLE_FORMATS,
+    SHARD_NAME,
+    VerifyResult,
+    is_shard_pattern,
+    manifest_url,
+    read_manifest,
+    shard_set_root,
+    shard_urls,
+    stats,
+    verify,
+)
+from srcluster.data.remote import is_remote, retrying
 from srcluster.data.sources import join_url
+from srcluster.data.tar_reader import (
+    TarFormatError,
+    UnsafeNameError,
+    iter_tar,
+    sample_key,
+    split_member,
+    unsafe_name,
+)
 from srcluster.errors import SrclusterError, StorageError
 from srcluster.storage import StorageSettings, is_s3
 
 log = logging.getLogger(__name__)
 
-FORMAT = "srcluster-shards/2"
-READABLE_FORMATS = ("srcluster-shards/1", FORMAT)  # /1: PNG only, no LR members, no build section
-MANIFEST = "manifest.json"
+__all__ = [  # the writer's own names, then the reading side's
+    "FORMAT",
+    "MANIFEST",
+    "READABLE_FORMATS",
+    "REPORT",
+    "SHARD_NAME",
+    "Sample",
+    "ShardSetWriter",
+    "TarFormatError",
+    "UnsafeNameError",
+    "VerifyResult",
+    "check_extra",
+    "check_key",
+    "is_local",
+    "is_shard_pattern",
+    "iter_tar",
+    "manifest_url",
+    "read_manifest",
+    "sample_key",
+    "shard_set_root",
+    "shard_urls",
+    "split_member",
+    "stats",
+    "unsafe_name",
+    "verify",
+    "write_shards",
+]
+
 REPORT = "build-report.json"
 TMP_DIR = "_tmp"
 STATE_DIR = "_build"
 STATE = "state.json"
-SHARD_NAME = re.compile(r"^shard-\d{6}\.tar$")
 RESERVED = frozenset({"format", "created", "tool_version", "samples", "bytes", "shards"})
 TAR_OVERHEAD = 512 + 512  # a member header plus padding, for the size estimate before a sample is added
 MAX_PENDING_UPLOADS = 2  # finished shards waiting on disk for their upload: bounds local temp space
@@ -79,13 +132,11 @@ class Sample:
 
 def check_key(key: str) -> None:
     # WebDataset groups tar members by the name up to the first dot of the last path component, and skips `__x__`.
-    if not key or "." in key.rsplit("/", 1)[-1] or key.startswith("__") or key.startswith("/"):
+    if not key or "." in key.rsplit("/", 1)[-1] or key.startswith(("__", "/")):
         raise ValueError(f"sample key {key!r} is not usable in a WebDataset shard (no dots, no leading '/' or '__')")
 
 
 def is_local(fs) -> bool:
-    from fsspec.implementations.local import LocalFileSystem
-
     return isinstance(fs, LocalFileSystem)
 
 
@@ -123,10 +174,8 @@ def _publish(fs, root: str, name: str, dest: str, *, local_file: str | None = No
     try:
         retrying(put, f"writing {join_url(dest, name)}") if is_remote(fs) else put()
     except (OSError, SrclusterError) as exc:
-        try:
+        with contextlib.suppress(OSError):
             fs.rm_file(tmp)
-        except OSError:
-            pass
         raise StorageError(f"cannot write {join_url(dest, name)}: {exc}") from None
 
 
@@ -197,8 +246,9 @@ class ShardSetWriter:
             position = record["next"]
         self.resumed_shards = len(self.shards)
         if self.shards:
-            log.info("resuming %s: %d finished shard(s) kept, continuing at input %d", self.dest, len(self.shards),
-                     position)
+            log.info(
+                "resuming %s: %d finished shard(s) kept, continuing at input %d", self.dest, len(self.shards), position
+            )
         return position
 
     def _read_json(self, path: str) -> dict | None:
@@ -230,8 +280,9 @@ class ShardSetWriter:
             sizes += sum(len(data) + TAR_OVERHEAD for _, data in sample.members())
         if not samples:
             return
-        if self._tar is not None and (self._count + len(samples) > self.max_samples
-                                      or self._estimate + sizes > self.max_bytes):
+        if self._tar is not None and (
+            self._count + len(samples) > self.max_samples or self._estimate + sizes > self.max_bytes
+        ):
             self._finish_shard(next_position=position)
         if self._tar is None:
             name = f"shard-{len(self.shards):06d}.tar"
@@ -257,8 +308,12 @@ class ShardSetWriter:
         self._tar = None
         entry = self.shards[-1]
         entry.update(samples=self._count, bytes=os.path.getsize(self._local), sha256=_sha256(self._local))
-        record = {"entry": dict(entry), "next": next_position, "keys": self._keys,
-                  "skipped": self.skipped[len(self.skipped) - self._open_skipped:]}
+        record = {
+            "entry": dict(entry),
+            "next": next_position,
+            "keys": self._keys,
+            "skipped": self.skipped[len(self.skipped) - self._open_skipped :],
+        }
         self._open_skipped = 0
         while len(self._pending) >= MAX_PENDING_UPLOADS:
             self._pending.pop(0).result()
@@ -308,14 +363,12 @@ class ShardSetWriter:
 
     def write_manifest(self, extra: dict) -> dict:
         """Publish the manifest of the finished shards (plus `extra` keys) and tidy the work folders."""
-        import srcluster
-
         if not self.shards:
             raise SrclusterError(f"no samples to write to {self.dest}")
         manifest = {
             "format": FORMAT,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "tool_version": srcluster.__version__,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "tool_version": __version__,
             "samples": sum(s["samples"] for s in self.shards),
             "bytes": sum(s["bytes"] for s in self.shards),
             "shards": self.shards,
@@ -323,8 +376,13 @@ class ShardSetWriter:
         }
         self.publish_json(MANIFEST, manifest)
         self._remove_leftovers({s["name"] for s in self.shards})
-        log.info("wrote %d samples in %d shards (%.1f MB) to %s", manifest["samples"], len(self.shards),
-                 manifest["bytes"] / 1e6, self.dest)
+        log.info(
+            "wrote %d samples in %d shards (%.1f MB) to %s",
+            manifest["samples"],
+            len(self.shards),
+            manifest["bytes"] / 1e6,
+            self.dest,
+        )
         return manifest
 
     def _remove_leftovers(self, keep: set[str]) -> None:
@@ -353,16 +411,21 @@ def check_extra(extra: dict | None) -> dict:
     return extra
 
 
-def write_shards(samples: Iterable[Sample], dest: str, *, max_samples: int = 1000, max_bytes: int = 256 << 20,
-                 manifest_extra: dict | None = None, progress: bool = True) -> dict:
+def write_shards(
+    samples: Iterable[Sample],
+    dest: str,
+    *,
+    max_samples: int = 1000,
+    max_bytes: int = 256 << 20,
+    manifest_extra: dict | None = None,
+    progress: bool = True,
+) -> dict:
     """Write `samples` as `shard-NNNNNN.tar` files plus `manifest.json` under `dest`; return the manifest.
 
     Each sample is a group of its own: a shard closes after `max_samples` samples or before it would pass `max_bytes`
     (a single larger sample still gets a shard of its own). Shards left at `dest` by an earlier, larger write are
     removed once the new manifest is in place.
     """
-    from tqdm import tqdm
-
     extra = check_extra(manifest_extra)
     writer = ShardSetWriter(dest, max_samples=max_samples, max_bytes=max_bytes)
     writer.resume()
@@ -377,271 +440,3 @@ def write_shards(samples: Iterable[Sample], dest: str, *, max_samples: int = 100
         raise
     writer.close(end_position=position + 1)
     return writer.write_manifest(extra)
-
-
-# --- reading ------------------------------------------------------------------------------------------------------
-
-
-def manifest_url(url: str) -> str:
-    return url if url.rstrip("/").endswith(MANIFEST) else join_url(url, MANIFEST)
-
-
-def shard_set_root(url: str) -> str:
-    return url.rstrip("/").removesuffix(MANIFEST).rstrip("/")
-
-
-def read_manifest(url: str) -> dict:
-    """The manifest of the shard set at `url` (its folder, or the manifest.json itself)."""
-    target = manifest_url(url)
-    fs, path = reader_filesystem(target)
-    try:
-        raw = retrying(lambda: fs.cat_file(path), f"reading {target}") if is_remote(fs) else fs.cat_file(path)
-    except FileNotFoundError:
-        raise StorageError(f"no shard set at {url}: {target} does not exist") from None
-    except OSError as exc:
-        raise StorageError(f"cannot read {target}: {exc}") from None
-    try:
-        manifest = json.loads(raw)
-    except ValueError:
-        raise StorageError(f"{target} is not valid JSON") from None
-    if not isinstance(manifest, dict) or manifest.get("format") not in READABLE_FORMATS:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise StorageError(f"{target} has format {found!r}, expected {FORMAT!r}")
-    _check_entries(manifest, target)
-    return manifest
-
-
-def _check_entries(manifest: dict, target: str) -> None:
-    """A manifest from storage is input like any other: its shard list must be well formed and name only files
-    inside the shard set (a `../` or absolute name would make readers fetch objects elsewhere)."""
-    shards = manifest.get("shards")
-    if not isinstance(shards, list) or not shards:
-        raise StorageError(f"{target} lists no shards")
-    for index, entry in enumerate(shards):
-        name = entry.get("name") if isinstance(entry, dict) else None
-        if not isinstance(name, str):
-            raise StorageError(f"{target}: shards[{index}] has no name")
-        if why := unsafe_name(name):
-            raise StorageError(f"{target}: shards[{index}].name {name[:200]!r} has {why}; refusing this shard set")
-        for key in ("samples", "bytes"):
-            if not isinstance(entry.get(key), int) or isinstance(entry.get(key), bool) or entry[key] < 0:
-                raise StorageError(f"{target}: shards[{index}].{key} is not a count: {entry.get(key)!r}")
-    for key in ("samples", "bytes"):
-        if not isinstance(manifest.get(key), int):
-            raise StorageError(f"{target}: {key} is not a count: {manifest.get(key)!r}")
-
-
-def is_shard_pattern(url: str) -> bool:
-    return "{" in url or url.endswith(".tar")
-
-
-def shard_urls(url: str) -> list[str]:
-    """Full URLs of the shards of a shard set: a folder holding manifest.json, or a (brace) pattern of tar URLs."""
-    if is_shard_pattern(url):
-        from braceexpand import braceexpand
-
-        return list(braceexpand(url))
-    return [join_url(shard_set_root(url), shard["name"]) for shard in read_manifest(url)["shards"]]
-
-
-def split_member(member: str) -> tuple[str, str]:
-    """(WebDataset key, suffix) of a tar member name: split at the first dot of its file name (`a/b.lr.webp` ->
-    (`a/b`, `lr.webp`)); the suffix is lowercased, as WebDataset does."""
-    folder, _, name = member.rpartition("/")
-    stem, _, suffix = name.partition(".")
-    return (folder + "/" if folder else "") + stem, suffix.lower()
-
-
-def sample_key(member: str) -> str:
-    return split_member(member)[0]
-
-
-class TarFormatError(ValueError):
-    """A tar stream that is damaged or cut short."""
-
-
-class UnsafeNameError(TarFormatError):
-    """A member or manifest entry whose name reaches outside its shard set (`../`, an absolute path, a URL)."""
-
-
-def unsafe_name(name: str) -> str | None:
-    """Why `name` (a tar member, a manifest's shard name) is not a plain relative path inside its folder, or None.
-
-    Sample keys become file and artifact names downstream (validation images, reports), so a name that climbs out
-    (`../x`), starts at the root (`/etc/x`, `C:\\x`) or points elsewhere (`s3://other/x`) is refused, as Python's
-    tarfile "data" filter refuses it when extracting.
-    """
-    if not name:
-        return "an empty name"
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        return "an absolute path"
-    if "://" in name:
-        return "a URL"
-    if "\0" in name:
-        return "a NUL byte"
-    if ".." in re.split(r"[/\\]", name):
-        return "a '..' component"
-    return None
-
-
-def _read_exact(stream, size: int) -> bytes:
-    parts, left = [], size
-    while left:
-        chunk = stream.read(left)
-        if not chunk:
-            break
-        parts.append(chunk)
-        left -= len(chunk)
-    return b"".join(parts)
-
-
-def _octal(field: bytes) -> int:
-    if field[:1] and field[0] & 0x80:  # GNU base-256, for sizes past 8 GiB
-        return int.from_bytes(field[1:], "big")
-    text = field.split(b"\0", 1)[0].strip()
-    return int(text, 8) if text else 0
-
-
-def iter_tar(stream) -> Iterator[tuple[str, bytes]]:
-    """(name, data) of every regular file of a tar, read sequentially from `stream`.
-
-    A lean reader for the hot path of the stream (Python's tarfile costs ~70 us per member, this ~3 us): ustar, PAX
-    (`path` records) and GNU long names. Unlike tarfile it treats an archive that ends before its end-of-archive block
-    as what it is, damaged, and raises TarFormatError, as it does for a header whose checksum is wrong. A member whose
-    name reaches outside the archive (`../`, absolute) raises UnsafeNameError: srcluster never writes one, so the
-    shard was not made by it and none of it is trusted.
-    """
-    long_name: str | None = None
-    while True:
-        header = _read_exact(stream, 512)
-        if len(header) < 512:
-            raise TarFormatError("the archive is cut short (no end-of-archive block)")
-        if header == bytes(512):
-            return
-        if _octal(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
-            raise TarFormatError("a member header has a wrong checksum")
-        size, kind = _octal(header[124:136]), header[156:157]
-        data = _read_exact(stream, size)
-        if len(data) < size or len(_read_exact(stream, -size % 512)) < -size % 512:
-            raise TarFormatError("the archive is cut short inside a member")
-        if kind == b"x":  # PAX extended header: records "<length> <key>=<value>\n"; only the path matters here
-            for record in data.split(b"\n"):
-                _, _, pair = record.partition(b" ")
-                if pair.startswith(b"path="):
-                    long_name = pair[5:].decode("utf-8", "surrogateescape")
-        elif kind == b"L":  # GNU long name
-            long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-        elif kind in (b"0", b"\0", b"7"):
-            name = long_name
-            if name is None:
-                name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                prefix = header[345:500].split(b"\0", 1)[0]
-                if header[257:262] == b"ustar" and prefix:
-                    name = prefix.decode("utf-8", "surrogateescape") + "/" + name
-            long_name = None
-            if why := unsafe_name(name):
-                raise UnsafeNameError(f"member {name[:200]!r} has {why}")
-            yield name, data
-        else:  # directories, links, global headers: nothing to read
-            long_name = None
-
-
-# --- verifying and describing ---------------------------------------------------------------------------------------
-
-
-class _HashingReader(io.RawIOBase):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.digest, self.count = inner, hashlib.sha256(), 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.inner.read(size)
-        self.digest.update(data)
-        self.count += len(data)
-        return data
-
-    def readinto(self, target) -> int:
-        data = self.read(len(target))
-        target[:len(data)] = data
-        return len(data)
-
-
-def _check_shard(url: str, entry: dict) -> str | None:
-    """None if the shard at `url` matches its manifest entry (bytes, sha256, samples), else what is wrong."""
-    name = entry["name"]
-    problems = []
-    try:
-        with open_for_reading(url) as raw:
-            reader = _HashingReader(raw)
-            keys = set()
-            try:
-                keys.update(sample_key(name) for name, _ in iter_tar(reader))
-            except TarFormatError as exc:
-                problems.append(f"not a valid tar ({exc})")
-            while reader.read(1 << 20):  # the end-of-archive padding (or what follows a bad member) is hashed too
-                pass
-    except FileNotFoundError:
-        return f"{name}: missing"
-    except (OSError, SrclusterError) as exc:
-        return f"{name}: unreadable ({exc.__class__.__name__}: {exc})"
-    if reader.count != entry["bytes"]:
-        problems.append(f"{reader.count} bytes, manifest says {entry['bytes']}")
-    if reader.digest.hexdigest() != entry["sha256"]:
-        problems.append("sha256 differs from the manifest")
-    if len(keys) != entry["samples"]:
-        problems.append(f"{len(keys)} samples, manifest says {entry['samples']}")
-    return f"{name}: {'; '.join(problems)}" if problems else None
-
-
-@dataclass
-class VerifyResult:
-    shards: int
-    samples: int
-    bytes: int
-    problems: list[str]
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def verify(url: str, *, threads: int = 4) -> VerifyResult:
-    """Read every shard of the set at `url` and check it against the manifest; also flag shards it does not list."""
-    manifest = read_manifest(url)
-    root = shard_set_root(url)
-    entries = manifest["shards"]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        problems = [p for p in pool.map(lambda e: _check_shard(join_url(root, e["name"]), e), entries) if p]
-    fs, path = reader_filesystem(root)
-    try:
-        fs.invalidate_cache(path)
-        listed = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}
-    except OSError as exc:
-        raise StorageError(f"cannot list {root}: {exc}") from None
-    named = {e["name"] for e in entries}
-    problems += [f"{name}: not in the manifest" for name in sorted(listed - named) if SHARD_NAME.match(name)]
-    return VerifyResult(len(entries), manifest["samples"], manifest["bytes"], problems)
-
-
-def stats(url: str) -> dict[str, Any]:
-    """Counts and sizes of the shard set at `url`, from its manifest (nothing else is read)."""
-    manifest = read_manifest(url)
-    shards = manifest["shards"]
-
-    def spread(key: str) -> dict[str, int]:
-        values = sorted(s[key] for s in shards)
-        return {"min": values[0], "median": values[len(values) // 2], "max": values[-1]}
-
-    build = manifest.get("build") or {}
-    return {
-        "url": url, "format": manifest["format"], "created": manifest["created"],
-        "tool_version": manifest["tool_version"], "samples": manifest["samples"], "bytes": manifest["bytes"],
-        "shards": len(shards), "shard_samples": spread("samples"), "shard_bytes": spread("bytes"),
-        "image_format": manifest.get("image_format", "png"), "paired": bool(manifest.get("paired")),
-        "scale": manifest.get("scale"), "tile": manifest.get("tile"), "sources": manifest.get("sources"),
-        "lq_sources": manifest.get("lq_sources"), "source_images": build.get("source_images"),
-        "skipped": build.get("skipped"), "bad": build.get("bad"),
-    }

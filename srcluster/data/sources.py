@@ -67,7 +67,7 @@ def list_image_files(url: str) -> list[ImageFile]:
         raise StorageError(f"cannot list {url}: {exc}") from None
     files = []
     for path, info in found.items():
-        rel = path[len(root) + 1:] if path.startswith(root + "/") else posixpath.basename(path)
+        rel = path[len(root) + 1 :] if path.startswith(root + "/") else posixpath.basename(path)
         parts = rel.split("/")
         if any(part.startswith(".") for part in parts) or parts[0] in SKIPPED_DIRS:
             continue

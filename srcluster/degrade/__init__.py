@@ -13,7 +13,7 @@ __all__ = ["KERNELS", "bicubic_downscale", "imresize"]
 
 def __getattr__(name: str):
     if name in __all__:
-        from srcluster.degrade import resize
+        from srcluster.degrade import resize  # imports torch: only on first use, so importing `config` stays light
 
         return getattr(resize, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

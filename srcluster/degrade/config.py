@@ -12,12 +12,12 @@ same thing here. srcluster's own additions (video codecs, where degradations run
 from __future__ import annotations
 
 import copy
-import difflib
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from srcluster.errors import ConfigError
+from srcluster.registry import did_you_mean
 
 RESIZE_MODES = ("area", "bicubic", "bilinear", "lanczos", "nearest-exact")
 ResizeMode = Literal["area", "bicubic", "bilinear", "lanczos", "nearest-exact"]
@@ -44,10 +44,12 @@ Positive = Annotated[float, Field(gt=0)]
 NonNegative = Annotated[float, Field(ge=0)]
 Range = Annotated[tuple[NonNegative, NonNegative], AfterValidator(_ordered)]
 PositiveRange = Annotated[tuple[Positive, Positive], AfterValidator(_ordered)]
-KernelRange = Annotated[tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]], AfterValidator(_ordered),
-                        AfterValidator(_odd)]
-JpegRange = Annotated[tuple[Annotated[float, Field(ge=1, le=100)], Annotated[float, Field(ge=1, le=100)]],
-                      AfterValidator(_ordered)]
+KernelRange = Annotated[
+    tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]], AfterValidator(_ordered), AfterValidator(_odd)
+]
+JpegRange = Annotated[
+    tuple[Annotated[float, Field(ge=1, le=100)], Annotated[float, Field(ge=1, le=100)]], AfterValidator(_ordered)
+]
 UpDownKeep = Annotated[list[Probability], Field(min_length=3, max_length=3)]
 
 KERNEL_TYPES = ["iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso"]
@@ -64,8 +66,9 @@ class Degradations(BaseModel):
     # --- switches (top level in traiNNer-redux) ---
     high_order_degradation: bool = False  # off: LR is the MATLAB bicubic downscale (then the video codec, if any)
     lq_usm: bool = False
-    lq_usm_radius_range: Annotated[tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]],
-                                   AfterValidator(_ordered)] = (1, 25)
+    lq_usm_radius_range: Annotated[
+        tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]], AfterValidator(_ordered)
+    ] = (1, 25)
     thicklines_prob: Probability = 0.0
 
     # --- first degradation ---
@@ -133,10 +136,12 @@ class Degradations(BaseModel):
     video_codec_prob: Probability = 0.0
     video_codec_list: list[str] = Field(default_factory=lambda: ["h264"])
     video_codec_prob_list: Weights = Field(default_factory=lambda: [1.0])
-    video_crf_range: Annotated[tuple[Annotated[int, Field(ge=0, le=51)], Annotated[int, Field(ge=0, le=51)]],
-                               AfterValidator(_ordered)] = (20, 40)  # h264, hevc
-    video_qscale_range: Annotated[tuple[Annotated[int, Field(ge=1, le=31)], Annotated[int, Field(ge=1, le=31)]],
-                                  AfterValidator(_ordered)] = (2, 20)  # mpeg2, mpeg4
+    video_crf_range: Annotated[
+        tuple[Annotated[int, Field(ge=0, le=51)], Annotated[int, Field(ge=0, le=51)]], AfterValidator(_ordered)
+    ] = (20, 40)  # h264, hevc
+    video_qscale_range: Annotated[
+        tuple[Annotated[int, Field(ge=1, le=31)], Annotated[int, Field(ge=1, le=31)]], AfterValidator(_ordered)
+    ] = (2, 20)  # mpeg2, mpeg4
     video_bpp_range: PositiveRange | None = None  # bits per pixel and frame: a bitrate instead of CRF/qscale
     video_preset_list: list[Preset] = Field(default_factory=lambda: ["medium"])  # x264/x265 only
     video_chroma_list: list[Chroma] = Field(default_factory=lambda: ["420"])
@@ -144,7 +149,9 @@ class Degradations(BaseModel):
     video_clip_motion: Annotated[int, Field(ge=0, le=16)] = 2  # max shift (LR pixels) of the earlier frames
 
     # --- srcluster: how (where is the job's `srcluster.degrade_on`: it changes speed, not what is learned) ---
-    jpeg_backend: Literal["auto", "pil", "diffjpeg"] = "auto"  # auto: libjpeg-turbo ("pil"; via OpenCV) on CPU, DiffJPEG on GPU
+    jpeg_backend: Literal["auto", "pil", "diffjpeg"] = (
+        "auto"  # auto: libjpeg-turbo ("pil"; via OpenCV) on CPU, DiffJPEG on GPU
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -158,13 +165,20 @@ class Degradations(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Degradations:
+        # the kernel and codec registries sit beside their torch code: imported when degradations are validated, so
+        # that importing this schema (and the job schema above it) stays torch-free
         from srcluster.degrade.kernels import BLUR_KERNELS
         from srcluster.degrade.video import CODECS
 
         problems: list[str] = []
-        pairs = [("kernel_list", "kernel_prob"), ("kernel_list2", "kernel_prob2"),
-                 ("resize_mode_list", "resize_mode_prob"), ("resize_mode_list2", "resize_mode_prob2"),
-                 ("resize_mode_list3", "resize_mode_prob3"), ("video_codec_list", "video_codec_prob_list")]
+        pairs = [
+            ("kernel_list", "kernel_prob"),
+            ("kernel_list2", "kernel_prob2"),
+            ("resize_mode_list", "resize_mode_prob"),
+            ("resize_mode_list2", "resize_mode_prob2"),
+            ("resize_mode_list3", "resize_mode_prob3"),
+            ("video_codec_list", "video_codec_prob_list"),
+        ]
         for names, weights in pairs:
             n, w = getattr(self, names), getattr(self, weights)
             if not n:
@@ -191,8 +205,10 @@ class Degradations(BaseModel):
             spec = CODECS.build(codec)
             for chroma in self.video_chroma_list:
                 if chroma not in spec.chroma:
-                    problems.append(f"video_chroma_list: {codec} cannot encode {chroma} (it supports "
-                                    f"{', '.join(spec.chroma)}); remove one of them")
+                    problems.append(
+                        f"video_chroma_list: {codec} cannot encode {chroma} (it supports "
+                        f"{', '.join(spec.chroma)}); remove one of them"
+                    )
         if not self.video_chroma_list:
             problems.append("video_chroma_list: must not be empty")
         if not self.video_preset_list:
@@ -205,8 +221,11 @@ class Degradations(BaseModel):
         """The traiNNer-redux keys this job sets, to other than their defaults, that srcluster accepts without acting
         on: key path -> why (for warnings; traiNNer's templates set several of them to their defaults)."""
         fields = type(self).model_fields
-        return {key_path(name): IGNORED[name] for name in sorted(self.model_fields_set)
-                if name in IGNORED and getattr(self, name) != fields[name].get_default(call_default_factory=True)}
+        return {
+            key_path(name): IGNORED[name]
+            for name in sorted(self.model_fields_set)
+            if name in IGNORED and getattr(self, name) != fields[name].get_default(call_default_factory=True)
+        }
 
     @property
     def uses_codec(self) -> bool:
@@ -229,20 +248,36 @@ IGNORED: dict[str, str] = {
     "high_order_degradations_debug_limit": _DEBUG,
     "dataroot_lq_prob": "paired LR data is not mixed with on-the-fly LR",
     "queue_size": "not needed: every sample draws its own degradation parameters, so a batch is already as varied "
-                  "as Real-ESRGAN's training-pair pool makes it",
+    "as Real-ESRGAN's training-pair pool makes it",
     "blur_kernel_size": "unused in traiNNer-redux too: kernel sizes come from kernel_range",
     "blur_kernel_size2": "unused in traiNNer-redux too: kernel sizes come from kernel_range2",
 }
 
 # Where each key lives in a traiNNer-redux job file: these under datasets.train, every other one at the top level.
 DATASET_KEYS: tuple[str, ...] = (
-    "blur_kernel_size", "kernel_list", "kernel_prob", "kernel_range", "sinc_prob", "blur_sigma", "betag_range",
-    "betap_range", "blur_kernel_size2", "kernel_list2", "kernel_prob2", "kernel_range2", "sinc_prob2", "blur_sigma2",
-    "betag_range2", "betap_range2", "final_sinc_prob", "final_kernel_range",
+    "blur_kernel_size",
+    "kernel_list",
+    "kernel_prob",
+    "kernel_range",
+    "sinc_prob",
+    "blur_sigma",
+    "betag_range",
+    "betap_range",
+    "blur_kernel_size2",
+    "kernel_list2",
+    "kernel_prob2",
+    "kernel_range2",
+    "sinc_prob2",
+    "blur_sigma2",
+    "betag_range2",
+    "betap_range2",
+    "final_sinc_prob",
+    "final_kernel_range",
 )
 ALIASES: dict[str, str] = {"second_blur_prob": "blur_prob2"}  # Real-ESRGAN's spelling -> traiNNer-redux's
-TOP_LEVEL_KEYS: tuple[str, ...] = tuple(
-    name for name in Degradations.model_fields if name not in DATASET_KEYS) + tuple(ALIASES)
+TOP_LEVEL_KEYS: tuple[str, ...] = tuple(name for name in Degradations.model_fields if name not in DATASET_KEYS) + tuple(
+    ALIASES
+)
 SRCLUSTER_KEYS: tuple[str, ...] = tuple(n for n in TOP_LEVEL_KEYS if n.startswith(("video_", "jpeg_b")))
 DATASET = "datasets.train"
 
@@ -298,8 +333,8 @@ def describe(exc: ValidationError, source: str) -> list[str]:
         loc = tuple(p for p in err["loc"] if isinstance(p, int) or not any(c in str(p) for c in "[]-"))
         where = _where(loc)
         if err["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(str(loc[-1]), list(Degradations.model_fields), n=1)
-            hint = f" (did you mean '{key_path(close[0])}'?)" if close else ""
+            close = did_you_mean(str(loc[-1]), Degradations.model_fields, spell=key_path)
+            hint = f" ({close})" if close else ""
             lines.append(f"{source}: {where}: unknown key{hint}")
             continue
         message = err["msg"].removeprefix("Value error, ")

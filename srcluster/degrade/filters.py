@@ -53,8 +53,9 @@ def crop_kernels(kernels: torch.Tensor, size: int) -> torch.Tensor:
     return kernels[:, start : start + size, start : start + size]
 
 
-def kernel_groups(sizes: np.ndarray, separable: np.ndarray,
-                  full: int | None = None) -> list[tuple[int, bool, np.ndarray]]:
+def kernel_groups(
+    sizes: np.ndarray, separable: np.ndarray, full: int | None = None
+) -> list[tuple[int, bool, np.ndarray]]:
     """(kernel size, separable, positions). With `full`, one 2-D convolution at that size for every sample: its
     shape depends only on the batch, so it is built once (oneDNN builds a convolution for every new shape, which on
     CPU costs more than the taps a finer split saves). Otherwise one convolution for the separable kernels (isotropic
@@ -70,8 +71,9 @@ def kernel_groups(sizes: np.ndarray, separable: np.ndarray,
     return out
 
 
-def blur(x: torch.Tensor, kernels: torch.Tensor, sizes: np.ndarray, separable: np.ndarray,
-         full: bool = False) -> torch.Tensor:
+def blur(
+    x: torch.Tensor, kernels: torch.Tensor, sizes: np.ndarray, separable: np.ndarray, full: bool = False
+) -> torch.Tensor:
     """BasicSR's `filter2D` (reflect padding, per-sample kernel) for equal-size images; `kernels` (n, K, K) hold each
     sample's size-`sizes[i]` kernel zero-padded to K. `full`: the whole batch in one K x K convolution."""
     groups = kernel_groups(sizes, separable, kernels.shape[-1] if full else None)
@@ -150,8 +152,13 @@ def usm_taps(radii: Sequence[int], length: int | None = None) -> torch.Tensor:
     return torch.from_numpy(out).float()
 
 
-def usm_sharpen(x: torch.Tensor, radius: int | Sequence[int] | torch.Tensor = 50, weight: float = 0.5,
-                threshold: float = 10, length: int | None = None) -> torch.Tensor:
+def usm_sharpen(
+    x: torch.Tensor,
+    radius: int | Sequence[int] | torch.Tensor = 50,
+    weight: float = 0.5,
+    threshold: float = 10,
+    length: int | None = None,
+) -> torch.Tensor:
     """Real-ESRGAN's unsharp mask (USMSharp) on (B, 3, H, W) in [0, 1].
 
     Sharpen by `weight` times the high-pass residual, only where the residual exceeds `threshold`/255 (a soft mask,

@@ -17,18 +17,106 @@ import numpy as np
 import torch
 
 # ITU T.81 Annex K tables (libjpeg's std_luminance_quant_tbl / std_chrominance_quant_tbl), row-major.
-_LUMA = [16, 11, 10, 16, 24, 40, 51, 61,
-         12, 12, 14, 19, 26, 58, 60, 55,
-         14, 13, 16, 24, 40, 57, 69, 56,
-         14, 17, 22, 29, 51, 87, 80, 62,
-         18, 22, 37, 56, 68, 109, 103, 77,
-         24, 35, 55, 64, 81, 104, 113, 92,
-         49, 64, 78, 87, 103, 121, 120, 101,
-         72, 92, 95, 98, 112, 100, 103, 99]
-_CHROMA = [17, 18, 24, 47, 99, 99, 99, 99,
-           18, 21, 26, 66, 99, 99, 99, 99,
-           24, 26, 56, 99, 99, 99, 99, 99,
-           47, 66, 99, 99, 99, 99, 99, 99] + [99] * 32
+_LUMA = [
+    16,
+    11,
+    10,
+    16,
+    24,
+    40,
+    51,
+    61,
+    12,
+    12,
+    14,
+    19,
+    26,
+    58,
+    60,
+    55,
+    14,
+    13,
+    16,
+    24,
+    40,
+    57,
+    69,
+    56,
+    14,
+    17,
+    22,
+    29,
+    51,
+    87,
+    80,
+    62,
+    18,
+    22,
+    37,
+    56,
+    68,
+    109,
+    103,
+    77,
+    24,
+    35,
+    55,
+    64,
+    81,
+    104,
+    113,
+    92,
+    49,
+    64,
+    78,
+    87,
+    103,
+    121,
+    120,
+    101,
+    72,
+    92,
+    95,
+    98,
+    112,
+    100,
+    103,
+    99,
+]
+_CHROMA = [
+    17,
+    18,
+    24,
+    47,
+    99,
+    99,
+    99,
+    99,
+    18,
+    21,
+    26,
+    66,
+    99,
+    99,
+    99,
+    99,
+    24,
+    26,
+    56,
+    99,
+    99,
+    99,
+    99,
+    99,
+    47,
+    66,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+] + [99] * 32
 
 
 def pil_quality(q: float) -> int:
@@ -47,8 +135,9 @@ def from_uint8(arrays: np.ndarray, like: torch.Tensor) -> torch.Tensor:
 def jpeg_codec(image: np.ndarray, quality: float) -> np.ndarray:
     """Encode and decode one (H, W, 3) uint8 RGB image with libjpeg-turbo (OpenCV's, 4:2:0, as BasicSR's
     cv2.imencode; the same bytes as PIL's at the same quality, at half the overhead)."""
-    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                               [cv2.IMWRITE_JPEG_QUALITY, pil_quality(quality)])
+    ok, encoded = cv2.imencode(
+        ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, pil_quality(quality)]
+    )
     if not ok:
         raise RuntimeError(f"OpenCV could not JPEG-encode a {image.shape} image")
     return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
@@ -110,6 +199,7 @@ def _code(plane: torch.Tensor, table: torch.Tensor, dct: torch.Tensor, different
 
 def _fancy_upsample(c: torch.Tensor) -> torch.Tensor:
     """libjpeg's h2v2 "fancy" upsampling: each output sample is 3/4 of the nearer and 1/4 of the farther input."""
+
     def axis(x: torch.Tensor, dim: int) -> torch.Tensor:
         n = x.shape[dim]
         prev = torch.cat([x.narrow(dim, 0, 1), x.narrow(dim, 0, n - 1)], dim)
@@ -125,7 +215,7 @@ def diff_jpeg(images: torch.Tensor, quality: torch.Tensor, differentiable: bool 
 
     With `differentiable`, rounding passes gradients straight through; otherwise it is libjpeg's rounding exactly.
     """
-    b, _, h, w = images.shape
+    _b, _, h, w = images.shape
     dtype = torch.float32 if images.dtype in (torch.float16, torch.bfloat16) else images.dtype
     x = _round(images.to(dtype).clamp(0, 1) * 255, differentiable)
     # libjpeg fills a partial MCU by repeating the last row and column
@@ -142,7 +232,8 @@ def diff_jpeg(images: torch.Tensor, quality: torch.Tensor, differentiable: bool 
     y = _code(y, luma_table, dct, differentiable)
     cb = _fancy_upsample(_code(cb, chroma_table, dct, differentiable))
     cr = _fancy_upsample(_code(cr, chroma_table, dct, differentiable))
-    rgb = torch.stack([y + 1.402 * (cr - 128), y - 0.344136 * (cb - 128) - 0.714136 * (cr - 128),
-                       y + 1.772 * (cb - 128)], 1)
+    rgb = torch.stack(
+        [y + 1.402 * (cr - 128), y - 0.344136 * (cb - 128) - 0.714136 * (cr - 128), y + 1.772 * (cb - 128)], 1
+    )
     rgb = _round(rgb, differentiable).clamp(0, 255)[..., :h, :w]
     return (rgb / 255).to(images.dtype)

@@ -93,7 +93,7 @@ class KernelDraw:
     def from_rows(cls, rows: list[tuple]) -> KernelDraw:
         if not rows:
             return cls([], *(np.zeros(0) for _ in range(6)))
-        kind, *numbers = zip(*rows)
+        kind, *numbers = zip(*rows, strict=False)
         return cls(list(kind), *(np.asarray(column, dtype=np.float64) for column in numbers))
 
     @property
@@ -138,8 +138,11 @@ def draw_blur(rng: np.random.Generator, options: KernelOptions) -> tuple:
     kind = str(options.kinds[int(rng.choice(len(weights), p=weights / weights.sum()))])
     shape = BLUR_KERNELS.build(kind)
     sigma_x = float(rng.uniform(*options.sigma))
-    sigma_y, theta = (sigma_x, 0.0) if shape.isotropic else (float(rng.uniform(*options.sigma)),
-                                                              float(rng.uniform(-math.pi, math.pi)))
+    sigma_y, theta = (
+        (sigma_x, 0.0)
+        if shape.isotropic
+        else (float(rng.uniform(*options.sigma)), float(rng.uniform(-math.pi, math.pi)))
+    )
     beta = nan if shape.beta is None else _beta(rng, *(options.betag if shape.beta == "betag" else options.betap))
     return kind, size, sigma_x, sigma_y, theta, beta, nan
 
@@ -193,4 +196,3 @@ def _circular_lowpass(omega: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> 
     safe = torch.where(radius == 0, torch.ones_like(radius), radius)
     kernel = omega * torch.special.bessel_j1(omega * safe) / (2 * math.pi * safe)
     return torch.where(radius == 0, omega**2 / (4 * math.pi), kernel)
-

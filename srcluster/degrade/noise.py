@@ -37,8 +37,9 @@ class Noise:
         return None
 
 
-def _draws(noise: Noise, rows: np.ndarray, sizes: np.ndarray, offset: int, canvas: torch.Tensor, kind: str,
-           fields: int = 1) -> torch.Tensor:
+def _draws(
+    noise: Noise, rows: np.ndarray, sizes: np.ndarray, offset: int, canvas: torch.Tensor, kind: str, fields: int = 1
+) -> torch.Tensor:
     """(fields, n, 3, H, W) standard normals or uniforms, each sample's drawn from its own stream at its own size
     (one channel if its noise is gray) and placed at [offset, offset + size) of the canvas."""
     n, (h, w) = len(rows), canvas.shape[-2:]

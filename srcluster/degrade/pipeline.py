@@ -139,8 +139,13 @@ def _pick(rng: np.random.Generator, items: Sequence, weights: Sequence[float]):
     return items[int(rng.choice(len(w), p=w / w.sum()))]
 
 
-def _draw_resize(rng: np.random.Generator, probs: Sequence[float], bounds: tuple[float, float], modes: Sequence[str],
-            mode_probs: Sequence[float]) -> tuple[int, float, str]:
+def _draw_resize(
+    rng: np.random.Generator,
+    probs: Sequence[float],
+    bounds: tuple[float, float],
+    modes: Sequence[str],
+    mode_probs: Sequence[float],
+) -> tuple[int, float, str]:
     updown = int(_pick(rng, [UP, DOWN, KEEP], probs))
     if updown == KEEP:
         return KEEP, 1.0, "keep"
@@ -148,8 +153,9 @@ def _draw_resize(rng: np.random.Generator, probs: Sequence[float], bounds: tuple
     return updown, float(factor), _pick(rng, list(modes), mode_probs)
 
 
-def _noise(rng: np.random.Generator, p_gauss: float, sigma: tuple[float, float], poisson: tuple[float, float],
-           p_gray: float) -> tuple[int, float, bool, int]:
+def _noise(
+    rng: np.random.Generator, p_gauss: float, sigma: tuple[float, float], poisson: tuple[float, float], p_gray: float
+) -> tuple[int, float, bool, int]:
     # traiNNer: Gaussian with probability p, Poisson otherwise; a zero range adds nothing, so it is skipped
     kind, strength = (GAUSSIAN, rng.uniform(*sigma)) if _chance(rng, p_gauss) else (POISSON, rng.uniform(*poisson))
     gray = _chance(rng, p_gray)
@@ -158,10 +164,15 @@ def _noise(rng: np.random.Generator, p_gauss: float, sigma: tuple[float, float],
 
 def _kernel_options(cfg: Degradations, second: bool) -> K.KernelOptions:
     s = "2" if second else ""
-    return K.KernelOptions(getattr(cfg, "kernel_list" + s), getattr(cfg, "kernel_prob" + s),
-                           getattr(cfg, "kernel_range" + s), getattr(cfg, "sinc_prob" + s),
-                           getattr(cfg, "blur_sigma" + s), getattr(cfg, "betag_range" + s),
-                           getattr(cfg, "betap_range" + s))
+    return K.KernelOptions(
+        getattr(cfg, "kernel_list" + s),
+        getattr(cfg, "kernel_prob" + s),
+        getattr(cfg, "kernel_range" + s),
+        getattr(cfg, "sinc_prob" + s),
+        getattr(cfg, "blur_sigma" + s),
+        getattr(cfg, "betag_range" + s),
+        getattr(cfg, "betap_range" + s),
+    )
 
 
 def _draw_sample(rng: np.random.Generator, cfg: Degradations, scale: int, gt: int) -> dict:
@@ -173,21 +184,25 @@ def _draw_sample(rng: np.random.Generator, cfg: Degradations, scale: int, gt: in
         row["thick"] = _chance(rng, cfg.thicklines_prob)
         row["blur1"] = _chance(rng, cfg.blur_prob)
         row["kernel1"] = K.draw_blur(rng, _kernel_options(cfg, False)) if row["blur1"] else K.OFF
-        row["resize1"] = _draw_resize(rng, cfg.resize_prob, cfg.resize_range, cfg.resize_mode_list,
-                                      cfg.resize_mode_prob)
+        row["resize1"] = _draw_resize(
+            rng, cfg.resize_prob, cfg.resize_range, cfg.resize_mode_list, cfg.resize_mode_prob
+        )
         row["size1"] = max(1, round(gt * row["resize1"][1]))  # traiNNer's resize_pt: round(H * factor)
-        row["noise1"] = _noise(rng, cfg.gaussian_noise_prob, cfg.noise_range, cfg.poisson_scale_range,
-                               cfg.gray_noise_prob)
+        row["noise1"] = _noise(
+            rng, cfg.gaussian_noise_prob, cfg.noise_range, cfg.poisson_scale_range, cfg.gray_noise_prob
+        )
         row["jpeg1"] = (_chance(rng, cfg.jpeg_prob), float(rng.uniform(*cfg.jpeg_range)))
         row["blur2"] = _chance(rng, cfg.blur_prob2)
         row["kernel2"] = K.draw_blur(rng, _kernel_options(cfg, True)) if row["blur2"] else K.OFF
-        row["resize2"] = _draw_resize(rng, cfg.resize_prob2, cfg.resize_range2, cfg.resize_mode_list2,
-                                 cfg.resize_mode_prob2)
+        row["resize2"] = _draw_resize(
+            rng, cfg.resize_prob2, cfg.resize_range2, cfg.resize_mode_list2, cfg.resize_mode_prob2
+        )
         # traiNNer: the second resize is relative to the LR size, and "keep" keeps the current size
         keep = row["resize2"][0] == KEEP
         row["size2"] = row["size1"] if keep else max(1, int(gt / scale * row["resize2"][1]))
-        row["noise2"] = _noise(rng, cfg.gaussian_noise_prob2, cfg.noise_range2, cfg.poisson_scale_range2,
-                               cfg.gray_noise_prob2)
+        row["noise2"] = _noise(
+            rng, cfg.gaussian_noise_prob2, cfg.noise_range2, cfg.poisson_scale_range2, cfg.gray_noise_prob2
+        )
         row["jpeg2_first"] = bool(rng.uniform() >= 0.5)
         row["mode3"] = _pick(rng, list(cfg.resize_mode_list3), cfg.resize_mode_prob3)
         row["sinc"] = _chance(rng, cfg.final_sinc_prob)
@@ -203,8 +218,15 @@ def _draw_sample(rng: np.random.Generator, cfg: Degradations, scale: int, gt: in
         quality, bpp = float(rng.integers(bounds[0], bounds[1], endpoint=True)), np.nan
     m = cfg.video_clip_motion if cfg.video_clip_frames > 1 else 0
     motion = tuple(int(v) for v in rng.integers(-m, m, size=2, endpoint=True))
-    row["codec"] = (on, name, quality, bpp, str(rng.choice(cfg.video_preset_list)),
-                    str(rng.choice(cfg.video_chroma_list)), motion)
+    row["codec"] = (
+        on,
+        name,
+        quality,
+        bpp,
+        str(rng.choice(cfg.video_preset_list)),
+        str(rng.choice(cfg.video_chroma_list)),
+        motion,
+    )
     return row
 
 
@@ -220,25 +242,37 @@ def draw(cfg: Degradations, seeds: Sequence[int], scale: int, gt_size: int) -> P
         return np.asarray([r[key] for r in rows], dtype=dtype)
 
     def resize(key: str, size_key: str) -> Resize:
-        updown, factor, mode = zip(*(r[key] for r in rows)) if rows else ((), (), ())
+        updown, factor, mode = zip(*(r[key] for r in rows), strict=False) if rows else ((), (), ())
         return Resize(np.asarray(updown, dtype=np.int8), np.asarray(factor), list(mode), col(size_key, np.int64))
 
     def noise(key: str) -> Noise:
-        kind, strength, gray, seed = zip(*(r[key] for r in rows)) if rows else ((), (), (), ())
-        return Noise(np.asarray(kind, dtype=np.int8), np.asarray(strength), np.asarray(gray, dtype=bool),
-                     np.asarray(seed, dtype=np.int64))
+        kind, strength, gray, seed = zip(*(r[key] for r in rows), strict=False) if rows else ((), (), (), ())
+        return Noise(
+            np.asarray(kind, dtype=np.int8),
+            np.asarray(strength),
+            np.asarray(gray, dtype=bool),
+            np.asarray(seed, dtype=np.int64),
+        )
 
     def jpeg(key: str) -> Jpeg:
-        on, quality = zip(*(r[key] for r in rows)) if rows else ((), ())
+        on, quality = zip(*(r[key] for r in rows), strict=False) if rows else ((), ())
         return Jpeg(np.asarray(on, dtype=bool), np.asarray(quality))
 
     def kernel(key: str, full: int) -> tuple[K.KernelDraw, torch.Tensor]:
         params = K.KernelDraw.from_rows([r[key] for r in rows])
         return params, K.build(params, full)
 
-    on, name, quality, bpp, preset, chroma, motion = zip(*(r["codec"] for r in rows)) if rows else ((),) * 7
-    codec = Codec(np.asarray(on, dtype=bool), list(name), np.asarray(quality), np.asarray(bpp), list(preset),
-                  list(chroma), np.asarray(motion, dtype=np.int64).reshape(n, 2), cfg.video_clip_frames)
+    on, name, quality, bpp, preset, chroma, motion = zip(*(r["codec"] for r in rows), strict=False) if rows else ((),) * 7
+    codec = Codec(
+        np.asarray(on, dtype=bool),
+        list(name),
+        np.asarray(quality),
+        np.asarray(bpp),
+        list(preset),
+        list(chroma),
+        np.asarray(motion, dtype=np.int64).reshape(n, 2),
+        cfg.video_clip_frames,
+    )
     if not cfg.high_order_degradation:
         off = np.zeros(n, dtype=bool)
         none = K.KernelDraw.from_rows([K.OFF] * n)
@@ -246,24 +280,70 @@ def draw(cfg: Degradations, seeds: Sequence[int], scale: int, gt_size: int) -> P
         quiet = Noise(np.zeros(n, dtype=np.int8), np.zeros(n), off, np.zeros(n, dtype=np.int64))
         final = Resize(np.full(n, DOWN, dtype=np.int8), np.full(n, 1 / scale), ["bicubic"] * n, np.full(n, lq))
         empty = torch.zeros(n, 1, 1)
-        return Plan(scale, gt_size, False, cfg.jpeg_backend, seeds, np.zeros(n, dtype=np.int64), 1, off, off, none,
-                    empty, keep, quiet, Jpeg(off, np.zeros(n)), off, none, empty, keep, quiet, final, off, none, empty,
-                    Jpeg(off, np.zeros(n)), off, codec)
+        return Plan(
+            scale,
+            gt_size,
+            False,
+            cfg.jpeg_backend,
+            seeds,
+            np.zeros(n, dtype=np.int64),
+            1,
+            off,
+            off,
+            none,
+            empty,
+            keep,
+            quiet,
+            Jpeg(off, np.zeros(n)),
+            off,
+            none,
+            empty,
+            keep,
+            quiet,
+            final,
+            off,
+            none,
+            empty,
+            Jpeg(off, np.zeros(n)),
+            off,
+            codec,
+        )
 
     kernel1, kernels1 = kernel("kernel1", cfg.kernel_range[1])
     kernel2, kernels2 = kernel("kernel2", cfg.kernel_range2[1])
     kernel3, kernels3 = kernel("kernel3", cfg.final_kernel_range[1])
     mode3 = [r["mode3"] for r in rows]
-    final = Resize(np.full(n, DOWN, dtype=np.int8), lq / col("size2", np.float64), mode3,
-                   np.full(n, lq, dtype=np.int64))
-    lo, hi = cfg.lq_usm_radius_range
+    final = Resize(
+        np.full(n, DOWN, dtype=np.int8), lq / col("size2", np.float64), mode3, np.full(n, lq, dtype=np.int64)
+    )
+    _lo, hi = cfg.lq_usm_radius_range
     return Plan(
-        scale=scale, gt_size=gt_size, high_order=True, jpeg_backend=cfg.jpeg_backend, seeds=seeds,
-        usm_radius=col("usm", np.int64), usm_length=hi if hi % 2 else hi + 1, thick=col("thick", bool),
-        blur1=col("blur1", bool), kernel1=kernel1, kernels1=kernels1, resize1=resize("resize1", "size1"),
-        noise1=noise("noise1"), jpeg1=jpeg("jpeg1"), blur2=col("blur2", bool), kernel2=kernel2, kernels2=kernels2,
-        resize2=resize("resize2", "size2"), noise2=noise("noise2"), resize3=final, sinc=col("sinc", bool),
-        kernel3=kernel3, kernels3=kernels3, jpeg2=jpeg("jpeg2"), jpeg2_first=col("jpeg2_first", bool), codec=codec,
+        scale=scale,
+        gt_size=gt_size,
+        high_order=True,
+        jpeg_backend=cfg.jpeg_backend,
+        seeds=seeds,
+        usm_radius=col("usm", np.int64),
+        usm_length=hi if hi % 2 else hi + 1,
+        thick=col("thick", bool),
+        blur1=col("blur1", bool),
+        kernel1=kernel1,
+        kernels1=kernels1,
+        resize1=resize("resize1", "size1"),
+        noise1=noise("noise1"),
+        jpeg1=jpeg("jpeg1"),
+        blur2=col("blur2", bool),
+        kernel2=kernel2,
+        kernels2=kernels2,
+        resize2=resize("resize2", "size2"),
+        noise2=noise("noise2"),
+        resize3=final,
+        sinc=col("sinc", bool),
+        kernel3=kernel3,
+        kernels3=kernels3,
+        jpeg2=jpeg("jpeg2"),
+        jpeg2_first=col("jpeg2_first", bool),
+        codec=codec,
     )
 
 
@@ -280,7 +360,9 @@ def _backend(plan: Plan, device: torch.device) -> str:
     return plan.jpeg_backend
 
 
-def _jpeg(z: torch.Tensor, rows: np.ndarray, jpeg: Jpeg, backend: str, select: np.ndarray | None = None) -> torch.Tensor:
+def _jpeg(
+    z: torch.Tensor, rows: np.ndarray, jpeg: Jpeg, backend: str, select: np.ndarray | None = None
+) -> torch.Tensor:
     """JPEG, in place, the images of z (samples `rows`, all of one size) whose step is on (and `select`ed)."""
     on = jpeg.on[rows] if select is None else jpeg.on[rows] & select[rows]
     local = np.flatnonzero(on)
@@ -329,8 +411,10 @@ def _resize_pieces(pieces: list[Piece], sizes: np.ndarray, modes: list[str]) -> 
             local = np.flatnonzero([k == key for k in keys])
             part = z if len(local) == len(rows) else z[_index(local, z.device)]
             by_size.setdefault(key[0], []).append((rows[local], _resize(part, *key)))
-    return [(np.concatenate([r for r, _ in parts]), torch.cat([p for _, p in parts]) if len(parts) > 1 else parts[0][1])
-            for _, parts in sorted(by_size.items())]
+    return [
+        (np.concatenate([r for r, _ in parts]), torch.cat([p for _, p in parts]) if len(parts) > 1 else parts[0][1])
+        for _, parts in sorted(by_size.items())
+    ]
 
 
 def apply(hr: torch.Tensor, plan: Plan) -> torch.Tensor:
@@ -373,7 +457,7 @@ def apply(hr: torch.Tensor, plan: Plan) -> torch.Tensor:
 
 # Canvas sides for the second blur, 8 per octave: images of any size are blurred in a canvas from this short list, so
 # the convolutions have a few shapes that recur (oneDNN builds each new shape once, at a cost of many convolutions).
-LADDER = sorted({int(round(m * 2**e)) for e in range(4, 14) for m in np.linspace(1, 2, 9)[:-1]})
+LADDER = sorted({round(m * 2**e) for e in range(4, 14) for m in np.linspace(1, 2, 9)[:-1]})
 
 
 def _second_blur(z: torch.Tensor, rows: np.ndarray, plan: Plan) -> torch.Tensor:
@@ -409,11 +493,17 @@ def _update(x: torch.Tensor, rows: np.ndarray, fn) -> torch.Tensor:
 
 def _first_at_hr(x: torch.Tensor, plan: Plan) -> torch.Tensor:
     """lq_usm, thick lines and the first blur: all at the HR size, batched over the samples that have them."""
-    x = _update(x, np.flatnonzero(plan.usm_radius > 0),
-                lambda v, rows: usm_sharpen(v, usm_taps(plan.usm_radius[rows], plan.usm_length)))
+    x = _update(
+        x,
+        np.flatnonzero(plan.usm_radius > 0),
+        lambda v, rows: usm_sharpen(v, usm_taps(plan.usm_radius[rows], plan.usm_length)),
+    )
     x = _update(x, np.flatnonzero(plan.thick), lambda v, rows: thicklines(v))
-    return _update(x, np.flatnonzero(plan.blur1), lambda v, rows: blur(v, plan.kernels1[rows], plan.kernel1.sizes[rows],
-                                                                       plan.kernel1.separable[rows], full=True))
+    return _update(
+        x,
+        np.flatnonzero(plan.blur1),
+        lambda v, rows: blur(v, plan.kernels1[rows], plan.kernel1.sizes[rows], plan.kernel1.separable[rows], full=True),
+    )
 
 
 def _codec(lr: torch.Tensor, codec: Codec) -> torch.Tensor:
@@ -421,11 +511,21 @@ def _codec(lr: torch.Tensor, codec: Codec) -> torch.Tensor:
     if not len(rows):
         return lr
     images = (lr[_index(rows, lr.device)].clamp(0, 1) * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    coded = np.stack([
-        encode_clip(image, codec.name[b], codec.quality[b], preset=codec.preset[b], chroma=codec.chroma[b],
-                    motion=tuple(codec.motion[b]), frames=codec.frames,
-                    bpp=None if np.isnan(codec.bpp[b]) else float(codec.bpp[b]))
-        for image, b in zip(images, rows)])
+    coded = np.stack(
+        [
+            encode_clip(
+                image,
+                codec.name[b],
+                codec.quality[b],
+                preset=codec.preset[b],
+                chroma=codec.chroma[b],
+                motion=tuple(codec.motion[b]),
+                frames=codec.frames,
+                bpp=None if np.isnan(codec.bpp[b]) else float(codec.bpp[b]),
+            )
+            for image, b in zip(images, rows, strict=False)
+        ]
+    )
     lr[_index(rows, lr.device)] = torch.from_numpy(coded).permute(0, 3, 1, 2).to(lr.device, lr.dtype) / 255
     return lr
 
@@ -443,7 +543,7 @@ def describe(plan: Plan, i: int) -> list[str]:
         if plan.sinc[i]:
             final.append(plan.kernel3.describe(i))
         jpeg2 = plan.jpeg2.describe(i, "jpeg2")
-        final = ([jpeg2] + final) if plan.jpeg2_first[i] else (final + [jpeg2])
+        final = ([jpeg2, *final]) if plan.jpeg2_first[i] else ([*final, jpeg2])
         steps = [
             f"usm radius {plan.usm_radius[i]}" if plan.usm_radius[i] else None,
             "thick lines" if plan.thick[i] else None,

@@ -10,7 +10,7 @@ times faster than torch.poisson or numpy's sampler, and being a pure function of
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ LEVELS = 256
 
 def _width(vals: float) -> int:
     """Columns of the alias tables for rates up to vals: the Poisson tail beyond has mass below 1e-20."""
-    return int(math.floor(vals + 10 * math.sqrt(vals) + 15))
+    return math.floor(vals + 10 * math.sqrt(vals) + 15)
 
 
 def _pmf(rate: float, width: int) -> np.ndarray:
@@ -65,7 +65,7 @@ def _tables_cpu() -> tuple[torch.Tensor, torch.Tensor, int]:
     return torch.from_numpy(prob).flatten(), torch.from_numpy(alias).flatten(), full
 
 
-@lru_cache(maxsize=None)
+@cache
 def _widths(device: torch.device) -> torch.Tensor:
     return torch.tensor([float(_width(2**e)) for e in VALS_LOG2], device=device)
 

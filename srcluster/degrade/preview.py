@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 from srcluster.degrade.config import Degradations
 from srcluster.degrade.pipeline import apply, describe, draw
 from srcluster.degrade.seeds import sample_seed
+from srcluster.storage import StorageSettings
 
 MAX_SIDE = 512  # default HR crop: the centre square of the image, at most this big
 MARGIN = 4
@@ -26,8 +27,6 @@ def read_image(image: str | Path) -> np.ndarray:
     """(H, W, 3) uint8 from a local path or any URL srcluster can read (s3://... through its storage settings)."""
     text = str(image)
     if "://" in text:
-        from srcluster.storage import StorageSettings
-
         fs, path = StorageSettings.resolve().filesystem(text)
         data = fs.cat_file(path)
     else:
@@ -54,11 +53,18 @@ def _wrap(text: str, width: int, draw_: ImageDraw.ImageDraw, font) -> list[str]:
             line = word
         else:
             line = candidate
-    return lines + [line] if line else lines
+    return [*lines, line] if line else lines
 
 
-def preview(cfg: Degradations, image: str | Path, scale: int, n: int = 16, out_path: str | Path = "grid.png",
-            seed: int = 0, size: int | None = None) -> Path:
+def preview(
+    cfg: Degradations,
+    image: str | Path,
+    scale: int,
+    n: int = 16,
+    out_path: str | Path = "grid.png",
+    seed: int = 0,
+    size: int | None = None,
+) -> Path:
     """Write a grid of `n` degraded LR variants of `image` (its centre crop, `size` or at most 512 px) to `out_path`."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -72,8 +78,9 @@ def preview(cfg: Degradations, image: str | Path, scale: int, n: int = 16, out_p
 
     font = ImageFont.load_default()
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    captions = [[line for step in describe(plan, i) for line in _wrap(step, side - 2 * MARGIN, scratch, font)]
-                for i in range(n)]
+    captions = [
+        [line for step in describe(plan, i) for line in _wrap(step, side - 2 * MARGIN, scratch, font)] for i in range(n)
+    ]
     line_height = int(sum(font.getmetrics())) + 2
     caption = max(len(c) for c in captions) * line_height + 2 * MARGIN
     cols = math.ceil(math.sqrt(n))

@@ -21,9 +21,9 @@ with it is not the LR set papers use. This module reproduces MATLAB's algorithm 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
 
 import numpy as np
 import torch

@@ -46,8 +46,17 @@ def _codec(name: str, spec: VideoCodec) -> None:
 _codec("h264", VideoCodec("libx264", "h264", "crf", ("420", "422", "444"), True))
 # x265 runs without its lookahead and B-frames (irrelevant for a 2-3 frame clip): with them, the libx265 in PyAV
 # 18.1's wheels corrupted the heap on frames of varying small sizes (reproduced with PyAV alone).
-_codec("hevc", VideoCodec("libx265", "hevc", "crf", ("420", "422", "444"), True,
-                          {"x265-params": "log-level=none:pools=none:frame-threads=1:rc-lookahead=0:bframes=0"}))
+_codec(
+    "hevc",
+    VideoCodec(
+        "libx265",
+        "hevc",
+        "crf",
+        ("420", "422", "444"),
+        True,
+        {"x265-params": "log-level=none:pools=none:frame-threads=1:rc-lookahead=0:bframes=0"},
+    ),
+)
 _codec("mpeg2", VideoCodec("mpeg2video", "mpeg2video", "qscale", ("420", "422"), False))
 _codec("mpeg4", VideoCodec("mpeg4", "mpeg4", "qscale", ("420",), False))
 
@@ -62,14 +71,23 @@ def _shift(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return padded[p - dy : p - dy + h, p - dx : p - dx + w]
 
 
-def encode_clip(image: np.ndarray, codec: str, quality: float, *, preset: str = "medium", chroma: str = "420",
-                motion: tuple[int, int] = (0, 0), frames: int = 2, bpp: float | None = None) -> np.ndarray:
+def encode_clip(
+    image: np.ndarray,
+    codec: str,
+    quality: float,
+    *,
+    preset: str = "medium",
+    chroma: str = "420",
+    motion: tuple[int, int] = (0, 0),
+    frames: int = 2,
+    bpp: float | None = None,
+) -> np.ndarray:
     """`image` (H, W, 3) uint8 through `codec` as the last of `frames` frames; returns the decoded (H, W, 3) uint8.
 
     `quality` is the CRF (h264, hevc) or the fixed quantiser (mpeg2, mpeg4); with `bpp` the encoder targets
     bpp * W * H * 25 bit/s instead. Earlier frames are shifted by up to `motion` = (dy, dx) pixels.
     """
-    import av
+    import av  # FFmpeg's libraries load here, not when the job schema imports this module for CODECS' names
 
     spec = CODECS.build(codec)
     h, w = image.shape[:2]
@@ -84,9 +102,9 @@ def encode_clip(image: np.ndarray, codec: str, quality: float, *, preset: str = 
     if bpp is not None:
         encoder.bit_rate = max(1000, int(bpp * encoder.width * encoder.height * FPS))
     elif spec.quality == "crf":
-        options["crf"] = str(int(round(quality)))
+        options["crf"] = str(round(quality))
     else:
-        options["qmin"] = options["qmax"] = str(int(round(quality)))
+        options["qmin"] = options["qmax"] = str(round(quality))
     if spec.presets:
         options["preset"] = preset
     encoder.options = options
@@ -97,7 +115,8 @@ def encode_clip(image: np.ndarray, codec: str, quality: float, *, preset: str = 
         t = (frames - 1 - k) / max(1, frames - 1)
         content = _shift(even, round(motion[0] * t), round(motion[1] * t)) if k < frames - 1 else even
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(content), format="rgb24").reformat(
-            format=encoder.pix_fmt)
+            format=encoder.pix_fmt
+        )
         frame.pts = k
         packets.extend(encoder.encode(frame))
     packets.extend(encoder.encode(None))

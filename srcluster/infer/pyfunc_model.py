@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import warnings
 
-import mlflow.pyfunc
 from mlflow.models import set_model
-
+from mlflow.pyfunc.model import PythonModel  # where it is defined (mlflow.pyfunc re-exports it without __all__)
 
 # MLflow checks predict()'s type hints when the class is defined and advises adding them, every time a model is loaded;
 # this model takes a list of images (any size), not a typed schema.
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
 
-    class GeneratorModel(mlflow.pyfunc.PythonModel):
+    class GeneratorModel(PythonModel):
         def load_context(self, context) -> None:
             import torch
 
@@ -31,8 +30,12 @@ with warnings.catch_warnings():
 
             params = params or {}
             images = model_input if isinstance(model_input, list) else [model_input]
-            return [upscale_array(self.model, image, tile=int(params.get("tile", 512)),
-                                  overlap=int(params.get("tile_overlap", 32))) for image in images]
+            return [
+                upscale_array(
+                    self.model, image, tile=int(params.get("tile", 512)), overlap=int(params.get("tile_overlap", 32))
+                )
+                for image in images
+            ]
 
 
 set_model(GeneratorModel())

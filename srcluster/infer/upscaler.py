@@ -40,8 +40,14 @@ class Upscaler:
         return self.net(lr)
 
 
-def load_upscaler(source: str, device: torch.device | str | None = None, *, arch: str | None = None,
-                  options: dict[str, Any] | None = None, scale: int | None = None) -> Upscaler:
+def load_upscaler(
+    source: str,
+    device: torch.device | str | None = None,
+    *,
+    arch: str | None = None,
+    options: dict[str, Any] | None = None,
+    scale: int | None = None,
+) -> Upscaler:
     """A generator from a path, fsspec URL or `models:/` URI, loaded weights-only onto `device`."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     path = source
@@ -61,14 +67,17 @@ def load_upscaler(source: str, device: torch.device | str | None = None, *, arch
     if model is not None:
         raise SrclusterError(f"model {source} is a {model.architecture.name} model, not an image-to-image one")
     if arch is None or scale is None:
-        raise SrclusterError(f"model {source}: spandrel does not recognise its architecture (a registry model, "
-                             "models:/NAME@ALIAS, carries its arch)")
+        raise SrclusterError(
+            f"model {source}: spandrel does not recognise its architecture (a registry model, "
+            "models:/NAME@ALIAS, carries its arch)"
+        )
     net = build_generator(arch, scale, **(options or {}))
     try:
         net.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
     except RuntimeError as exc:
-        raise SrclusterError(f"model {source} does not match its recorded arch {arch}: "
-                             f"{str(exc).splitlines()[0]}") from None
+        raise SrclusterError(
+            f"model {source} does not match its recorded arch {arch}: {str(exc).splitlines()[0]}"
+        ) from None
     net = net.eval().to(device)
     return Upscaler(lambda x: net(x).clamp_(0, 1), scale, arch, device)
 
@@ -108,8 +117,9 @@ def tiled_upscale(net: Network, lr: torch.Tensor, scale: int, tile: int, overlap
             sr = net(lr[..., t0:t1, l0:l1])
             if out is None:
                 out = sr.new_zeros(*sr.shape[:-2], h * scale, w * scale)
-            out[..., top * scale:bottom * scale, left * scale:right * scale] = \
-                sr[..., (top - t0) * scale:(bottom - t0) * scale, (left - l0) * scale:(right - l0) * scale]
+            out[..., top * scale : bottom * scale, left * scale : right * scale] = sr[
+                ..., (top - t0) * scale : (bottom - t0) * scale, (left - l0) * scale : (right - l0) * scale
+            ]
     assert out is not None
     return out
 

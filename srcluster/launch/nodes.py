@@ -1,4 +1,4 @@
-"""`python -m srcluster.launch.nodes --expect N`: wait until N Ray nodes are alive at $RAY_ADDRESS.
+"""Wait until N Ray nodes are alive at a Ray address (`python -m srcluster.cli.nodes --expect N`).
 
 Used by the rendered Slurm script between starting the nodes and running the stage, so training never starts on a
 cluster that is still missing nodes (Ray Train would place fewer workers, or wait without saying why).
@@ -6,7 +6,6 @@ cluster that is still missing nodes (Ray Train would place fewer workers, or wai
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -38,8 +37,12 @@ def wait(expect: int, timeout: float, address: str | None, pids: list[int] = ())
     while time.monotonic() < deadline:
         if dead := [pid for pid in pids if not alive(pid)]:
             # a `ray start` that failed does not come back: say so now rather than after the whole timeout
-            print(f"srcluster: a Ray node's process (pid {dead[0]}) exited before {expect} node(s) were up; "
-                  "its error is above", file=sys.stderr, flush=True)
+            print(
+                f"srcluster: a Ray node's process (pid {dead[0]}) exited before {expect} node(s) were up; "
+                "its error is above",
+                file=sys.stderr,
+                flush=True,
+            )
             ray.shutdown()
             return 1
         try:
@@ -58,20 +61,10 @@ def wait(expect: int, timeout: float, address: str | None, pids: list[int] = ())
             ray.shutdown()
             return 0
         time.sleep(2)
-    print(f"srcluster: only {max(last, 0)} of {expect} Ray node(s) joined {address} within {timeout:.0f}s; "
-          "see the Ray logs on the missing nodes", file=sys.stderr, flush=True)
+    print(
+        f"srcluster: only {max(last, 0)} of {expect} Ray node(s) joined {address} within {timeout:.0f}s; "
+        "see the Ray logs on the missing nodes",
+        file=sys.stderr,
+        flush=True,
+    )
     return 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m srcluster.launch.nodes", description=__doc__)
-    p.add_argument("--expect", type=int, required=True)
-    p.add_argument("--timeout", type=float, default=300)
-    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"))
-    p.add_argument("--pids", default="", help="space-separated pids of the node processes (srun): fail when one ends")
-    args = p.parse_args(argv)
-    return wait(args.expect, args.timeout, args.address, [int(pid) for pid in args.pids.split()])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

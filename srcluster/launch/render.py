@@ -20,6 +20,7 @@ from srcluster import __version__
 from srcluster.errors import SrclusterError
 from srcluster.launch.jobfile import JobFile, load
 from srcluster.launch.submit import job_env
+from srcluster.storage import StorageSettings
 
 JOB_DIR = "/srcluster/job"  # where the ConfigMap with the job file is mounted in the pods
 HEREDOC_END = "SRCLUSTER_JOB_FILE"
@@ -118,7 +119,8 @@ def render_slurm(path: str | Path, opts: SlurmOptions) -> tuple[str, list[str]]:
     jobfile.relative_files()  # relative paths resolve in the submit folder: they must exist there
     for name in ("partition", "time", "account", "output"):
         one_line(name, getattr(opts, name))
-    env = {k: v for k, v in job_env(opts.env).items() if k != "RAY_OVERRIDE_JOB_RUNTIME_ENV"}
+    env = {k: v for k, v in job_env(StorageSettings.resolve(), opts.env).items()
+           if k != "RAY_OVERRIDE_JOB_RUNTIME_ENV"}
     text = environment().get_template("slurm.sbatch.j2").render(
         version=__version__, command=jobfile.command, job_name=jobfile.name,
         slurm_name=f"srcluster-{re.sub(r'[^A-Za-z0-9_.-]+', '-', jobfile.name)}",
@@ -187,7 +189,8 @@ def render_k8s(path: str | Path, opts: K8sOptions) -> tuple[str, list[str]]:
         if not Path(value).is_absolute():
             raise SrclusterError(f"{jobfile.path}: {key} names the local path {value}, which pods cannot see; use "
                                  "s3:// or an absolute path inside the image or a mounted volume")
-    env = {k: v for k, v in job_env().items() if k not in LOCAL_ONLY and k != "RAY_OVERRIDE_JOB_RUNTIME_ENV"}
+    env = {k: v for k, v in job_env(StorageSettings.resolve()).items()
+           if k not in LOCAL_ONLY and k != "RAY_OVERRIDE_JOB_RUNTIME_ENV"}
     env.update(opts.env)
     for key in ("AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI"):
         host = urlparse(env.get(key, "")).hostname or ""

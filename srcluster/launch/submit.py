@@ -23,9 +23,11 @@ from typing import TextIO
 from unittest import mock
 
 from srcluster import __version__
-from srcluster.storage import redact_url
 from srcluster.errors import SrclusterError
 from srcluster.launch.jobfile import JobFile, load, relative_to_cwd
+from srcluster.storage import StorageSettings, redact_url
+from srcluster.tracking.tracker import resolve_tracking_uri
+from srcluster.train.stage import worker_env
 
 # Ray's GCS holds a job's packaged working folder (its own cap is 500 MiB); data belongs in object storage.
 WORKING_DIR_LIMIT = 100 << 20
@@ -81,15 +83,12 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def job_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The endpoints a stage needs, without secrets: storage's public_env() and the MLflow tracking URI."""
-    from srcluster.storage import StorageSettings
-    from srcluster.tracking.tracker import resolve_tracking_uri
-
-    env = StorageSettings.resolve().public_env()
+def job_env(settings: StorageSettings, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The endpoints a job's driver on a cluster needs, without secrets: the workers' environment (storage's
+    public_env() and the MLflow tracking URI), plus `extra`."""
     uri = resolve_tracking_uri()
-    if "://" in uri and not uri.startswith(("sqlite:", "file:")):  # a local store means nothing on another machine
-        env["MLFLOW_TRACKING_URI"] = uri
+    remote = "://" in uri and not uri.startswith(("sqlite:", "file:"))  # a local store means nothing elsewhere
+    env = worker_env(settings, uri if remote else None)
     # The stage's driver calls ray.init(runtime_env={"env_vars": ...}) with these same names; Ray refuses to merge
     # a driver's env_vars with the job's when names repeat unless told the driver's may override them.
     env["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
@@ -120,7 +119,7 @@ def prepare(path: str | Path, *, pip: list[str] | None = None, env: dict[str, st
     jobfile = load(path)
     jobfile.check_no_password()
     extra_files = jobfile.relative_files()
-    env_vars = job_env(env)
+    env_vars = job_env(StorageSettings.resolve(), env)  # this machine's storage endpoint, as the job's driver sees it
     size = jobfile.path.stat().st_size + sum(_size(Path.cwd() / rel) for rel in extra_files)
     if size > WORKING_DIR_LIMIT:
         raise SrclusterError(f"{jobfile.path}: the files it names add up to {size / 2**20:.0f} MiB, over the "

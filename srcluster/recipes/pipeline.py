@@ -32,9 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from srcluster.config import ConfigError, Job, flatten, parse_job, read_yaml
-from srcluster.storage import redact_url
 from srcluster.degrade.config import split_degradation_keys
 from srcluster.errors import SrclusterError
+from srcluster.storage import StorageSettings, is_s3, redact_url
+from srcluster.tracking import runs
+from srcluster.tracking import tags as tag
+from srcluster.tracking.tracker import Tracker
 
 STAGES = ("fidelity_2x", "fidelity_4x", "gan_4x")
 
@@ -223,12 +226,10 @@ def recipe_hash(recipe: Recipe) -> str:
 # --- lineage ------------------------------------------------------------------------------------------------------
 
 
-def data_lineage(job: Job) -> dict[str, str]:
+def data_lineage(job: Job, settings: StorageSettings) -> dict[str, str]:
     """The training data's manifest URIs and their sha256, as run / model-version tags ("none" for image folders)."""
     from srcluster.data.shards import is_shard_pattern, manifest_url
-    from srcluster.storage import StorageSettings, is_s3
 
-    settings = StorageSettings.resolve(job.srcluster.s3_endpoint)
     roots = job.datasets.train.dataroot_gt
     uris, digests = [], []
     for url in [roots] if isinstance(roots, str) else roots:
@@ -242,7 +243,7 @@ def data_lineage(job: Job) -> dict[str, str]:
             target, digest = url, "none"
         uris.append(target)
         digests.append(digest)
-    return {"srcluster.data_manifest": ",".join(uris), "srcluster.data_sha256": ",".join(digests)}
+    return {tag.DATA_MANIFEST: ",".join(uris), tag.DATA_SHA256: ",".join(digests)}
 
 
 def pretrain_lineage(tracker, pretrain: str | None) -> dict[str, str]:
@@ -250,13 +251,13 @@ def pretrain_lineage(tracker, pretrain: str | None) -> dict[str, str]:
     from srcluster.tracking.models import get_version, is_model_uri, parse_model_uri
 
     if not pretrain:
-        return {"srcluster.pretrain": "scratch", "srcluster.pretrain_model": "none", "srcluster.pretrain_run_id": "none"}
+        return {tag.PRETRAIN: "scratch", tag.PRETRAIN_MODEL: "none", tag.PRETRAIN_RUN_ID: "none"}
     if not is_model_uri(pretrain):
-        return {"srcluster.pretrain": pretrain, "srcluster.pretrain_model": "none", "srcluster.pretrain_run_id": "none"}
+        return {tag.PRETRAIN: pretrain, tag.PRETRAIN_MODEL: "none", tag.PRETRAIN_RUN_ID: "none"}
     name, version, alias = parse_model_uri(pretrain)
     found = get_version(tracker, name, version, alias)  # fails here, not in a Ray worker, when the model is missing
-    return {"srcluster.pretrain": pretrain, "srcluster.pretrain_model": f"models:/{name}/{found.version}",
-            "srcluster.pretrain_run_id": found.run_id or "none"}
+    return {tag.PRETRAIN: pretrain, tag.PRETRAIN_MODEL: f"models:/{name}/{found.version}",
+            tag.PRETRAIN_RUN_ID: found.run_id or "none"}
 
 
 # --- running ------------------------------------------------------------------------------------------------------
@@ -272,17 +273,8 @@ class StageSummary:
     model_uri: str = ""  # the registered generator, models:/<recipe>-<stage>/<version>
 
 
-def _open_parent(tracker, recipe: Recipe, experiment: str, digest: str, fresh: bool) -> str:
-    """An interrupted execution of the same recipe is continued under its parent run, so one parent holds all stages."""
-    tags = {"srcluster.recipe": recipe.name, "srcluster.kind": "pipeline", "srcluster.recipe_hash": digest}
-    previous = None if fresh else tracker.find_run(experiment, tags)
-    if previous is not None and previous.info.status != "FINISHED":
-        tracker.reopen(previous.info.run_id)
-        return previous.info.run_id
-    return tracker.start_run(experiment, f"{recipe.name}-pipeline", tags=tags)
-
-
-def register_stage(tracker, recipe: Recipe, stage: str, job: Job, result, parent: str):
+def register_stage(tracker: Tracker, settings: StorageSettings, recipe: Recipe, stage: str, job: Job, result,
+                   parent: str):
     """The stage's best generator as registry model `<recipe>-<stage>`, once per stage run."""
     from srcluster.tracking.models import find_registered, log_generator
 
@@ -293,13 +285,14 @@ def register_stage(tracker, recipe: Recipe, stage: str, job: Job, result, parent
     best = getattr(result, "best", None) or {}
     key = best.get("metric") or job.best_metric
     value = best.get("value", result.metrics.get(key) if key else None)
-    tags = {"srcluster.parent_run_id": parent}
+    tags = {tag.PARENT_RUN_ID: parent}
     if key and value is not None:
-        tags.update({"srcluster.key_metric": key, "srcluster.key_metric_value": f"{float(value):.6g}"})
+        tags.update({tag.KEY_METRIC: key, tag.KEY_METRIC_VALUE: f"{float(value):.6g}"})
         if "iteration" in best:
-            tags["srcluster.key_metric_iteration"] = str(best["iteration"])
+            tags[tag.KEY_METRIC_ITERATION] = str(best["iteration"])
     return log_generator(tracker, result.run_id, result.generator_uri, arch=job.network_g.type,
-                         options=job.network_g.options(), scale=job.scale, registered_name=name, tags=tags)
+                         options=job.network_g.options(), scale=job.scale, settings=settings, registered_name=name,
+                         tags=tags)
 
 
 def _report(tracker, recipe: Recipe, parent: str, results, log) -> None:
@@ -322,23 +315,26 @@ def run_recipe(recipe: Recipe, *, on_stage_done=None, fresh: bool = False, repor
     the interrupted execution's parent run. Each stage's generator is registered as `<recipe>-<stage>` with its lineage;
     at the end a report image compares the stages on the same validation crops."""
     from srcluster.train.stage import run_stage
-    from srcluster.tracking.tracker import Tracker
 
     first_job = recipe.job(next(iter(recipe.stages)))
+    settings = StorageSettings.resolve(first_job.srcluster.s3_endpoint)  # once, for the lineage and the registry
     tracker = Tracker(first_job.srcluster.mlflow.tracking_uri)
     experiment = first_job.srcluster.mlflow.experiment or recipe.name
     digest = recipe_hash(recipe)
-    parent = _open_parent(tracker, recipe, experiment, digest, fresh)
     summaries, results, pretrain = [], [], None
-    try:
+    # An interrupted execution of the same recipe continues under its parent run, so one parent holds all stages; a
+    # finished one is never reopened (a rerun is a new execution that reuses its finished stages).
+    with runs.run(tracker, experiment, name=f"{recipe.name}-pipeline", fresh=fresh, reopen_finished=False,
+                  match={tag.RECIPE: recipe.name, tag.KIND: "pipeline", tag.RECIPE_HASH: digest}) as parent_run:
+        parent = parent_run.id
         for stage in recipe.stages:
             job = recipe.job(stage, pretrain)
-            tags = {"srcluster.recipe": recipe.name, "srcluster.stage": stage, "srcluster.recipe_hash": digest,
-                    **pretrain_lineage(tracker, job.path.pretrain_network_g), **data_lineage(job)}
+            tags = {tag.RECIPE: recipe.name, tag.STAGE: stage, tag.RECIPE_HASH: digest,
+                    **pretrain_lineage(tracker, job.path.pretrain_network_g), **data_lineage(job, settings)}
             result = run_stage(job, run_name=stage, parent_run_id=parent, fresh=fresh, tags=tags, log=log)
             if result.reused:
-                tracker.set_tags(parent, {f"srcluster.reused.{stage}": result.run_id})
-            ref = register_stage(tracker, recipe, stage, job, result, parent)
+                tracker.set_tags(parent, {tag.reused(stage): result.run_id})
+            ref = register_stage(tracker, settings, recipe, stage, job, result, parent)
             log(f"{stage}: generator registered as {ref.uri}")
             pretrain = ref.uri
             summary = StageSummary(stage, result.iterations, result.metrics.get("val_psnr"), result.checkpoint_uri,
@@ -349,8 +345,4 @@ def run_recipe(recipe: Recipe, *, on_stage_done=None, fresh: bool = False, repor
                 on_stage_done(summary, result)
         if report:
             _report(tracker, recipe, parent, results, log)
-    except BaseException:
-        tracker.end_run(parent, "FAILED")
-        raise
-    tracker.end_run(parent)
     return summaries

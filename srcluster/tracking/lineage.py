@@ -1,4 +1,4 @@
-"""`srcluster promote` and `srcluster lineage`: aliases on registered generators, and where a model came from.
+"""Where a registered generator came from (`srcluster lineage`).
 
 Lineage follows the `srcluster.pretrain_model` tag of each model version (pinned to a version when the stage started)
 back to a model trained from scratch, then names the shard manifests (URI and sha256) each stage trained on:
@@ -8,12 +8,11 @@ back to a model trained from scratch, then names the shard manifests (URI and sh
 
 from __future__ import annotations
 
-import argparse
-import json
 from typing import Any
 
 from srcluster.errors import SrclusterError
-from srcluster.tracking.models import get_version, parse_model_uri, set_alias
+from srcluster.tracking import tags as tag
+from srcluster.tracking.models import get_version, parse_model_uri
 from srcluster.tracking.tracker import Tracker
 
 LOWER_IS_BETTER = ("lpips", "dists")
@@ -21,8 +20,8 @@ LOWER_IS_BETTER = ("lpips", "dists")
 
 def _key_metric(tracker: Tracker, tags: dict[str, str], run_id: str | None) -> tuple[str | None, float | None]:
     """The metric that chose the registered checkpoint, from the version's tags, else the run's validation PSNR."""
-    if "srcluster.key_metric" in tags:
-        return tags["srcluster.key_metric"], float(tags["srcluster.key_metric_value"])
+    if tag.KEY_METRIC in tags:
+        return tags[tag.KEY_METRIC], float(tags[tag.KEY_METRIC_VALUE])
     if not run_id:
         return None, None
     history = tracker.metric_history(run_id, "val_psnr")
@@ -43,16 +42,16 @@ def chain(tracker: Tracker, uri: str) -> list[dict[str, Any]]:
         tags = dict(found.tags or {})
         metric, value = _key_metric(tracker, tags, found.run_id)
         out.append({
-            "model": model, "aliases": list(getattr(found, "aliases", []) or []), "stage": tags.get("srcluster.stage"),
+            "model": model, "aliases": list(getattr(found, "aliases", []) or []), "stage": tags.get(tag.STAGE),
             "run_id": found.run_id, "metric": metric, "value": value,
-            "pretrain": tags.get("srcluster.pretrain", "unknown"),
-            "pretrain_model": tags.get("srcluster.pretrain_model", "none"),
-            "data_manifest": [u for u in tags.get("srcluster.data_manifest", "").split(",") if u],
-            "data_sha256": [d for d in tags.get("srcluster.data_sha256", "").split(",") if d],
-            "recipe_hash": tags.get("srcluster.recipe_hash"), "srcluster_version": tags.get("srcluster.version"),
-            "git_commit": tags.get("srcluster.git_commit"), "ray_job_id": tags.get("srcluster.ray_job_id"),
+            "pretrain": tags.get(tag.PRETRAIN, "unknown"),
+            "pretrain_model": tags.get(tag.PRETRAIN_MODEL, "none"),
+            "data_manifest": [u for u in tags.get(tag.DATA_MANIFEST, "").split(",") if u],
+            "data_sha256": [d for d in tags.get(tag.DATA_SHA256, "").split(",") if d],
+            "recipe_hash": tags.get(tag.RECIPE_HASH), "srcluster_version": tags.get(tag.VERSION),
+            "git_commit": tags.get(tag.GIT_COMMIT), "ray_job_id": tags.get(tag.RAY_JOB_ID),
         })
-        upstream = tags.get("srcluster.pretrain_model", "none")
+        upstream = tags.get(tag.PRETRAIN_MODEL, "none")
         if upstream == "none":
             return out
         up_name, up_version, up_alias = parse_model_uri(upstream)
@@ -79,32 +78,3 @@ def format_chain(entries: list[dict[str, Any]]) -> str:
     if not used:
         lines.append("  <- data: not recorded (the model was not registered by a srcluster pipeline)")
     return "\n".join(lines)
-
-
-def cmd_promote(args: argparse.Namespace) -> int:
-    tracker = Tracker(args.tracking_uri)
-    set_alias(tracker, args.name, args.version, args.alias, reason=args.reason)
-    print(f"models:/{args.name}@{args.alias} -> version {args.version}")
-    return 0
-
-
-def cmd_lineage(args: argparse.Namespace) -> int:
-    entries = chain(Tracker(args.tracking_uri), args.model)
-    print(json.dumps(entries, indent=2) if args.json else format_chain(entries))
-    return 0
-
-
-def add_commands(sub) -> None:
-    pr = sub.add_parser("promote", help="point a registry alias (default: champion) at a model version")
-    pr.add_argument("name", help="registered model name, e.g. demo-gan_4x")
-    pr.add_argument("version")
-    pr.add_argument("--alias", default="champion")
-    pr.add_argument("--reason", default="", help="why (kept as a tag on the version, with who and when)")
-    pr.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else the local stack")
-    pr.set_defaults(fn=cmd_promote)
-
-    li = sub.add_parser("lineage", help="the chain of a registered model back to its training data")
-    li.add_argument("model", help="models:/NAME@ALIAS or models:/NAME/VERSION")
-    li.add_argument("--json", action="store_true")
-    li.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else the local stack")
-    li.set_defaults(fn=cmd_lineage)

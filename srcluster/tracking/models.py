@@ -32,14 +32,13 @@ import yaml
 
 from srcluster import home
 from srcluster.errors import SrclusterError
+from srcluster.storage import StorageSettings, redact_url
+from srcluster.tracking import tags as tag
 from srcluster.tracking.tracker import Tracker
 
 MODEL_DIR = "generator_model"  # artifact folder of the logged model inside its run
 GENERATOR_ARTIFACT = "generator"  # key of the safetensors file among the pyfunc artifacts
 URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>[^/@]+)|@(?P<alias>[^/@]+))/?")
-# run tags copied onto every model version: where it came from (version, commit, Ray job, pretrain, data, recipe)
-LINEAGE_PREFIX = "srcluster."
-RUN_ONLY_TAGS = ("srcluster.run_key", "srcluster.checkpoint_uri", "srcluster.registered_model")
 
 
 @dataclass(frozen=True)
@@ -65,11 +64,9 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
 # --- logging and registering ------------------------------------------------------------------------------------
 
 
-def _fetch(generator: str | Path, dest: Path) -> Path:
+def _fetch(generator: str | Path, dest: Path, settings: StorageSettings) -> Path:
     """The generator file (local path or any fsspec URL) copied to `dest`."""
-    from srcluster.storage import StorageSettings
-
-    fs, path = StorageSettings.resolve().filesystem(str(generator))
+    fs, path = settings.filesystem(str(generator))
     try:
         dest.write_bytes(fs.cat_file(path))
     except FileNotFoundError:
@@ -82,14 +79,15 @@ def _free_artifact_path(tracker: Tracker, run_id: str) -> str:
     return next(p for p in (MODEL_DIR, *(f"{MODEL_DIR}_{i}" for i in range(2, 1000))) if p not in taken)
 
 
-def save_model_folder(generator: str | Path, folder: Path, *, arch: str, options: dict[str, Any], scale: int) -> Path:
+def save_model_folder(generator: str | Path, folder: Path, *, arch: str, options: dict[str, Any], scale: int,
+                      settings: StorageSettings) -> Path:
     """An MLflow pyfunc model folder at `folder` carrying the generator and its arch, options and scale."""
     import mlflow.pyfunc
 
     from srcluster import __version__
 
     with tempfile.TemporaryDirectory() as tmp:
-        weights = _fetch(generator, Path(tmp) / (Path(str(generator)).name or "net_g.safetensors"))
+        weights = _fetch(generator, Path(tmp) / (Path(str(generator)).name or "net_g.safetensors"), settings)
         if weights.suffix != ".safetensors":
             raise SrclusterError(f"generator {generator}: expected a .safetensors file")
         with warnings.catch_warnings():  # type-hint advice for predict(); we take images, not a typed schema
@@ -106,26 +104,31 @@ def save_model_folder(generator: str | Path, folder: Path, *, arch: str, options
 
 
 def log_generator(tracker: Tracker, run_id: str, generator: str | Path, *, arch: str, options: dict[str, Any],
-                  scale: int, registered_name: str | None = None, tags: dict[str, str] | None = None) -> ModelRef:
-    """Log `generator` (.safetensors, path or URL) into run `run_id` as an MLflow model and register it.
+                  scale: int, settings: StorageSettings, registered_name: str | None = None,
+                  tags: dict[str, str] | None = None) -> ModelRef:
+    """Log `generator` (.safetensors, path or URL, read through `settings`) into run `run_id` as an MLflow model and
+    register it.
 
-    The model version gets the run's `srcluster.*` lineage tags, the arch/scale, and `tags` on top; the run gets a
-    `srcluster.registered_model` tag pointing back at the version. `registered_name` defaults to the run's name."""
+    The model version gets the run's `srcluster.*` lineage tags (all but `tags.RUN_ONLY`), the arch/scale, and `tags` on
+    top; the run gets a `tags.REGISTERED_MODEL` tag pointing back at the version. `registered_name` defaults to the
+    run's name."""
     client = tracker.client
     run = client.get_run(run_id)
     name = registered_name or run.info.run_name
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_model_folder(generator, Path(tmp) / MODEL_DIR, arch=arch, options=options, scale=scale)
+        folder = save_model_folder(generator, Path(tmp) / MODEL_DIR, arch=arch, options=options, scale=scale,
+                                   settings=settings)
         artifact_path = _free_artifact_path(tracker, run_id)
         tracker.log_artifacts(run_id, folder, artifact_path)
-    version_tags = {k: v for k, v in run.data.tags.items() if k.startswith(LINEAGE_PREFIX) and k not in RUN_ONLY_TAGS}
-    version_tags.update({"srcluster.arch": arch, "srcluster.arch_options": json.dumps(options, sort_keys=True),
-                         "srcluster.scale": str(scale), "srcluster.generator": str(generator), **(tags or {})})
+    # the run's lineage (version, commit, Ray job, pretrain, data, recipe) travels with the model version
+    version_tags = {k: v for k, v in run.data.tags.items() if k.startswith(tag.PREFIX) and k not in tag.RUN_ONLY}
+    version_tags.update({tag.ARCH: arch, tag.ARCH_OPTIONS: json.dumps(options, sort_keys=True), tag.SCALE: str(scale),
+                         tag.GENERATOR: str(generator), **(tags or {})})
     _ensure_registered_model(tracker, name)
     version = client.create_model_version(name, f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}", run_id=run_id,
                                           tags={k: str(v) for k, v in version_tags.items()})
     ref = ModelRef(name, str(version.version), f"models:/{name}/{version.version}", run_id)
-    tracker.set_tags(run_id, {"srcluster.registered_model": ref.uri})
+    tracker.set_tags(run_id, {tag.REGISTERED_MODEL: ref.uri})
     return ref
 
 
@@ -162,7 +165,7 @@ def set_alias(tracker: Tracker, name: str, version: str | int, alias: str, *, re
     tracker.client.set_registered_model_alias(name, alias, str(version))
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     for key, value in {"by": getpass.getuser(), "at": stamp, "reason": reason}.items():
-        tracker.client.set_model_version_tag(name, str(version), f"srcluster.alias.{alias}.{key}", value)
+        tracker.client.set_model_version_tag(name, str(version), tag.alias_note(alias, key), value)
 
 
 # --- resolving ---------------------------------------------------------------------------------------------------
@@ -189,8 +192,6 @@ def get_version(tracker: Tracker, name: str, version: str | None = None, alias: 
 
 
 def _where(tracker: Tracker) -> str:
-    from srcluster.storage import redact_url
-
     return redact_url(tracker.uri)
 
 

@@ -1,4 +1,5 @@
-"""The only module that talks to MLflow: which server, which experiment, runs, params, metrics, tags, artifacts.
+"""The MLflow client (with runs.py and models.py beside it, the only code that talks to MLflow): which server, which
+experiment, runs, params, metrics, tags, artifacts.
 
 The driver creates a stage's run (params, tags) before any Ray worker starts; rank 0 of the workers logs metrics and
 images into that run by id; the driver logs the exported generator and closes the run. Only the tracking URI and the
@@ -17,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from srcluster import __version__, home
-from srcluster.storage import redact_url
 from srcluster.errors import SrclusterError
+from srcluster.storage import redact_url
+from srcluster.tracking import tags as tag
 
 log = logging.getLogger(__name__)
 PARAM_VALUE_LIMIT = 6000  # MLflow rejects longer param values
@@ -83,13 +85,13 @@ class Tracker:
 
     def start_run(self, experiment: str, run_name: str, *, params: dict[str, Any] | None = None,
                   tags: dict[str, str] | None = None, parent_run_id: str | None = None) -> str:
-        all_tags = {"srcluster.version": __version__, **(tags or {})}
+        all_tags = {tag.VERSION: __version__, **(tags or {})}
         if commit := git_commit():
-            all_tags["srcluster.git_commit"] = commit
+            all_tags[tag.GIT_COMMIT] = commit
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         if ray_job := os.environ.get("RAY_JOB_ID"):
-            all_tags["srcluster.ray_job_id"] = ray_job
+            all_tags[tag.RAY_JOB_ID] = ray_job
         run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=all_tags)
         if params:
             self.log_params(run.info.run_id, params)
@@ -104,6 +106,10 @@ class Tracker:
         runs = self.client.search_runs([found.experiment_id], query, order_by=["attributes.start_time DESC"],
                                        max_results=1)
         return runs[0] if runs else None
+
+    def get_run(self, run_id: str):
+        """The run (an mlflow.entities.Run: info.status, data.tags, data.params, data.metrics)."""
+        return self.client.get_run(run_id)
 
     def reopen(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")

@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import nn
 
+    from srcluster.config import Job
+    from srcluster.storage import StorageSettings
+
 BEST_FILE = "best.json"
 
 
@@ -49,16 +52,24 @@ class Best:
         self.value, self.iteration, self.stale = state["value"], int(state["iteration"]), int(state["stale"])
 
 
-def publish(url: str, net: nn.Module, best: Best) -> None:
-    """Upload the generator of the new best, then point `best.json` at it, then drop the generators it replaced."""
-    from srcluster.storage import StorageSettings
-    from srcluster.components.weights import export_generator
+def for_job(job: Job, higher_is_better: bool) -> Best | None:
+    """The job's best-checkpoint tracker (`srcluster.checkpoints.best`, `srcluster.plateau`); None without validation.
+    `higher_is_better` comes from the metric, known where the metrics are built (rank 0)."""
+    if not job.best_metric:
+        return None
+    plateau = job.srcluster.plateau
+    return Best(job.best_metric, higher_is_better, plateau.min_delta, plateau.patience)
 
-    fs, root = StorageSettings.resolve().filesystem(url)
+
+def publish(url: str, net: nn.Module, best: Best, settings: StorageSettings) -> None:
+    """Upload the generator of the new best, then point `best.json` at it, then drop the generators it replaced."""
+    from srcluster.components import weights  # torch: only on the rank that publishes (run_stage reads best.json)
+
+    fs, root = settings.filesystem(url)
     name = f"net_g_ema_{best.iteration:07d}.safetensors"
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / name
-        export_generator(net, local)
+        weights.export_generator(net, local)
         fs.makedirs(root, exist_ok=True)
         fs.put_file(str(local), f"{root}/{name}")
     fs.pipe_file(f"{root}/{BEST_FILE}", json.dumps({**asdict(best), "generator": name}).encode())
@@ -67,11 +78,9 @@ def publish(url: str, net: nn.Module, best: Best) -> None:
             fs.rm_file(old)
 
 
-def read(url: str) -> dict | None:
+def read(url: str, settings: StorageSettings) -> dict | None:
     """`best.json` of a run (with `generator_uri` added), or None when no validation ever ran."""
-    from srcluster.storage import StorageSettings
-
-    fs, root = StorageSettings.resolve().filesystem(url)
+    fs, root = settings.filesystem(url)
     try:
         data = json.loads(fs.cat_file(f"{root}/{BEST_FILE}"))
     except FileNotFoundError:

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from srcluster import home
-from srcluster.config import Job
+from srcluster.config import Job, job_params
 from srcluster.data.remote import DEADLINE_ENV
 from srcluster.errors import SrclusterError
 from srcluster.storage import StorageSettings, is_s3, local_stack_endpoint
-from srcluster.config import job_params
+from srcluster.tracking import runs
+from srcluster.tracking import tags as tag
 from srcluster.tracking.tracker import Tracker, sync_spool
 from srcluster.train.best import read as read_best
 
@@ -74,6 +75,27 @@ def check_weights(job: Job) -> None:
         build_metrics(job.val.metrics, job.scale)
 
 
+def worker_env(settings: StorageSettings, tracking_uri: str | None, *, ray_workers: bool = False,
+               s3_retry_deadline_s: float | None = None) -> dict[str, str]:
+    """The environment of every process srcluster starts away from this one (Ray Train workers, Tune trials, a submitted
+    job's driver, Slurm and KubeRay pods): where storage and the tracking server are, never a secret (each process
+    resolves its keys itself).
+
+    `ray_workers`: processes under Ray Train, whose rank 0 prints the progress lines. `s3_retry_deadline_s`: processes
+    that train, which retry shard reads that long and let the rank-0 tracker spool its calls while MLflow is down.
+    """
+    env = settings.public_env()
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    if ray_workers:
+        env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # rank 0's progress lines reach the console once, not print + log
+    if s3_retry_deadline_s is not None:
+        env[DEADLINE_ENV] = str(s3_retry_deadline_s)
+        # fail fast while the tracking server is down: the rank-0 tracker spools its calls instead of blocking
+        env.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_TIMEOUT="20")
+    return env
+
+
 def ensure_ray(env: dict[str, str]) -> None:
     import ray
 
@@ -99,13 +121,13 @@ def finished_result(job: Job, tracker: Tracker, run) -> StageResult:
     from srcluster.train.loop import GENERATOR_FILE
 
     tags = run.data.tags
-    checkpoint_uri = tags["srcluster.checkpoint_uri"]
-    generator_uri = tags.get("srcluster.generator_uri", f"{checkpoint_uri}/{GENERATOR_FILE}")
+    checkpoint_uri = tags[tag.CHECKPOINT_URI]
+    generator_uri = tags.get(tag.GENERATOR_URI, f"{checkpoint_uri}/{GENERATOR_FILE}")
     best = None
-    if "srcluster.best_metric" in tags:
-        best = {"metric": tags["srcluster.best_metric"], "value": float(tags["srcluster.best_value"]),
-                "iteration": int(tags["srcluster.best_iteration"]), "generator_uri": generator_uri}
-    iterations = int(tags.get("srcluster.iterations", job.train.total_iter))
+    if tag.BEST_METRIC in tags:
+        best = {"metric": tags[tag.BEST_METRIC], "value": float(tags[tag.BEST_VALUE]),
+                "iteration": int(tags[tag.BEST_ITERATION]), "generator_uri": generator_uri}
+    iterations = int(tags.get(tag.ITERATIONS, job.train.total_iter))
     return StageResult(job.name, run.info.run_id, iterations, dict(run.data.metrics), checkpoint_uri, generator_uri,
                        tracker.run_url(run.info.run_id), reused=True, best=best)
 
@@ -115,36 +137,37 @@ def run_stage(job: Job, *, run_name: str | None = None, parent_run_id: str | Non
               callbacks: list | None = None) -> StageResult:
     """Train one stage. A rerun of the same config resumes its unfinished run from the latest checkpoint, or returns
     the finished one without training again (`fresh=True` starts over instead)."""
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from srcluster.train.loop import GENERATOR_FILE, checkpoint_file, train_worker
-
-    settings = StorageSettings.resolve(job.srcluster.s3_endpoint)
+    settings = StorageSettings.resolve(job.srcluster.s3_endpoint)  # once per driver: every read below goes through it
     storage = job.srcluster.storage or default_storage(settings)
     tracker = Tracker(job.srcluster.mlflow.tracking_uri, buffered=True)
     preflight(job, settings, storage, tracker)
 
     experiment = job.srcluster.mlflow.experiment or job.name
     key = run_key(job) + (f"-{int(time.time())}" if fresh else "")
-    previous = tracker.find_run(experiment, {"srcluster.run_key": key})
-    if previous is not None and previous.info.status == "FINISHED" and "srcluster.checkpoint_uri" in previous.data.tags:
-        log(f"{job.name}: already trained in MLflow run {previous.info.run_id}; reusing it (--fresh to train again)")
-        return finished_result(job, tracker, previous)
-    if previous is not None:
-        run_id = previous.info.run_id
-        tracker.reopen(run_id)
-        log(f"{job.name}: resuming MLflow run {run_id} from its latest checkpoint")
-    else:
-        run_id = tracker.start_run(experiment, run_name or job.name,
-                                   params={**job_params(job), "effective_batch": job.effective_batch},
-                                   parent_run_id=parent_run_id or job.srcluster.mlflow.parent_run_id,
-                                   tags={"srcluster.stage": job.name, "srcluster.run_key": key, **(tags or {})})
-    # RAY_TRAIN_ENABLE_PRINT_PATCH=0: rank 0's progress lines reach the console once, not once as print and once as log.
-    env = {**settings.public_env(), "MLFLOW_TRACKING_URI": tracker.uri, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-           DEADLINE_ENV: str(job.srcluster.s3_retry_deadline_s),
-           # fail fast while the tracking server is down: the rank-0 tracker spools its calls instead of blocking
-           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+    with runs.run(tracker, experiment, name=run_name or job.name, match={tag.RUN_KEY: key}, fresh=fresh,
+                  params={**job_params(job), "effective_batch": job.effective_batch},
+                  tags={tag.STAGE: job.name, **(tags or {})},
+                  parent_run_id=parent_run_id or job.srcluster.mlflow.parent_run_id,
+                  reuse_if=lambda previous: tag.CHECKPOINT_URI in previous.data.tags) as run:
+        if run.reused:
+            log(f"{job.name}: already trained in MLflow run {run.id}; reusing it (--fresh to train again)")
+            return finished_result(job, tracker, run.previous)
+        if run.state == "reopened":
+            log(f"{job.name}: resuming MLflow run {run.id} from its latest checkpoint")
+        result = fit(job, settings, storage, tracker, run.id, key, log=log, callbacks=callbacks)
+    sync_spool(tracker.uri)  # tracking calls that workers on this machine spooled during an MLflow outage
+    return result
+
+
+def fit(job: Job, settings: StorageSettings, storage: str, tracker: Tracker, run_id: str, key: str, *, log,
+        callbacks: list | None) -> StageResult:
+    """The Ray Train run of an open MLflow run, then its generator(s) logged and its outcome tagged on the run."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from srcluster.train.loop import GENERATOR_FILE, checkpoint_file, train_worker
+
+    env = worker_env(settings, tracker.uri, ray_workers=True, s3_retry_deadline_s=job.srcluster.s3_retry_deadline_s)
     storage_path, storage_fs = settings.ray_storage(storage)
     best_uri = f"{storage.rstrip('/')}/{key}/best"
     workers = job.srcluster.workers  # a (min, max) tuple makes the run elastic
@@ -169,20 +192,17 @@ def run_stage(job: Job, *, run_name: str | None = None, parent_run_id: str | Non
     try:
         result = trainer.fit()
     except KeyboardInterrupt:
-        tracker.end_run(run_id, "KILLED")
-        raise
+        raise  # Ctrl-C: no cause to explain (the run ends KILLED)
     except BaseException as exc:
-        tracker.end_run(run_id, "FAILED")
         if known := known_failure(exc) or storage_down(settings, storage):
             raise SrclusterError(f"stage {job.name} stopped: {known}") from None
         raise
     if result.checkpoint is None:
-        tracker.end_run(run_id, "FAILED")
         raise SrclusterError(f"stage {job.name} finished without a checkpoint (see the Ray logs above)")
     checkpoint_uri = checkpoint_url(storage, storage_path, result.checkpoint.path)
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     iterations = int(metrics.get("iteration", job.train.total_iter))
-    best = read_best(best_uri) if job.best_metric else None
+    best = read_best(best_uri, settings) if job.best_metric else None
     generator_uri = best["generator_uri"] if best else f"{checkpoint_uri}/{GENERATOR_FILE}"
     with tempfile.TemporaryDirectory() as tmp:
         exported = Path(tmp) / f"net_g_ema_{iterations}.safetensors"
@@ -193,15 +213,12 @@ def run_stage(job: Job, *, run_name: str | None = None, parent_run_id: str | Non
             best_file = Path(tmp) / f"net_g_ema_{best['iteration']}.safetensors"
             fs.get_file(path, str(best_file))
             tracker.log_artifact(run_id, best_file, "model/best")
-    tags = {"srcluster.checkpoint_uri": checkpoint_uri, "srcluster.generator_uri": generator_uri,
-            "srcluster.iterations": str(iterations)}
+    outcome = {tag.CHECKPOINT_URI: checkpoint_uri, tag.GENERATOR_URI: generator_uri, tag.ITERATIONS: str(iterations)}
     if best:
-        tags.update({"srcluster.best_metric": best["metric"], "srcluster.best_value": f"{best['value']:.6g}",
-                     "srcluster.best_iteration": str(best["iteration"])})
+        outcome.update({tag.BEST_METRIC: best["metric"], tag.BEST_VALUE: f"{best['value']:.6g}",
+                        tag.BEST_ITERATION: str(best["iteration"])})
         log(f"{job.name}: best {best['metric']} {best['value']:.4f} at iteration {best['iteration']}")
-    tracker.set_tags(run_id, tags)
-    tracker.end_run(run_id)
-    sync_spool(tracker.uri)  # tracking calls that workers on this machine spooled during an MLflow outage
+    tracker.set_tags(run_id, outcome)
     return StageResult(job.name, run_id, iterations, metrics, checkpoint_uri, generator_uri, tracker.run_url(run_id),
                        best=best)
 
@@ -235,10 +252,9 @@ def checkpoint_url(storage: str, storage_path: str, checkpoint_path: str) -> str
     return f"s3://{checkpoint_path}" if is_s3(storage) else checkpoint_path
 
 
-def recorded_checkpoints(run_folder: str) -> list[int]:
+def recorded_checkpoints(run_folder: str, settings: StorageSettings) -> list[int]:
     """Iterations of the checkpoints Ray Train has recorded as complete for a run folder (`<storage>/<run key>`), from
     its snapshot; a checkpoint folder that is not in it (an upload cut off, a report never received) is never resumed."""
-    settings = StorageSettings.resolve()
     fs, path = settings.filesystem(run_folder)
     try:
         snapshot = json.loads(fs.cat_file(f"{path}/checkpoint_manager_snapshot.json"))

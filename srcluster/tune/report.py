@@ -34,10 +34,14 @@ def trial_table(outcome, search: LoadedSearch) -> Table:
         status = {"TERMINATED": "[green]done[/]", "ERROR": "[red]failed[/]"}.get(row.status, row.status)
         if row.status == "TERMINATED" and row.iterations < search.base_job.train.total_iter:
             status = "[yellow]stopped[/]"
-        table.add_row(("* " if row.trial_id == best_id else "") + row.trial_id, status,
-                      *(_short(row.params.get(p, "")) for p in search.dists),
-                      "" if row.last is None else f"{row.last:.4f}", "" if row.best is None else f"{row.best:.4f}",
-                      str(row.iterations))
+        table.add_row(
+            ("* " if row.trial_id == best_id else "") + row.trial_id,
+            status,
+            *(_short(row.params.get(p, "")) for p in search.dists),
+            "" if row.last is None else f"{row.last:.4f}",
+            "" if row.best is None else f"{row.best:.4f}",
+            str(row.iterations),
+        )
     return table
 
 
@@ -51,25 +55,47 @@ def table_text(outcome, search: LoadedSearch) -> str:
 def write_csv(outcome, search: LoadedSearch, path: Path) -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["trial", "status", *search.dists, f"last_{outcome.metric}", f"best_{outcome.metric}",
-                         "iterations", "mlflow_run", "generator", "error"])
+        writer.writerow(
+            [
+                "trial",
+                "status",
+                *search.dists,
+                f"last_{outcome.metric}",
+                f"best_{outcome.metric}",
+                "iterations",
+                "mlflow_run",
+                "generator",
+                "error",
+            ]
+        )
         for r in outcome.rows:
-            writer.writerow([r.trial_id, r.status, *(_short(r.params.get(p, "")) for p in search.dists), r.last, r.best,
-                             r.iterations, r.run_id, r.generator_uri, r.error or ""])
+            writer.writerow(
+                [
+                    r.trial_id,
+                    r.status,
+                    *(_short(r.params.get(p, "")) for p in search.dists),
+                    r.last,
+                    r.best,
+                    r.iterations,
+                    r.run_id,
+                    r.generator_uri,
+                    r.error or "",
+                ]
+            )
     return path
 
 
 def plot_curves(outcome, path: Path) -> Path:
-    import matplotlib
+    import matplotlib as mpl  # heavy, and only the end of a search draws
 
-    matplotlib.use("Agg")  # no display on cluster nodes
+    mpl.use("Agg")  # no display on cluster nodes
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for row in outcome.rows:
         if not row.curve:
             continue
-        steps, values = zip(*row.curve)
+        steps, values = zip(*row.curve, strict=True)
         best = outcome.best is not None and row.trial_id == outcome.best.trial_id
         style = {"linewidth": 2.5, "zorder": 3} if best else {"linewidth": 1, "alpha": 0.7}
         ax.plot(steps, values, marker="o", markersize=3, label=f"{row.trial_id} ({row.status.lower()})", **style)

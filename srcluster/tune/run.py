@@ -16,11 +16,13 @@ from typing import Any
 from srcluster import home
 from srcluster.errors import SrclusterError
 from srcluster.storage import StorageSettings
+from srcluster.tracking import runs
+from srcluster.tracking import tags as tag
 from srcluster.tracking.tracker import Tracker
+from srcluster.train.stage import default_storage, ensure_ray, worker_env
 from srcluster.tune.space import LoadedSearch
-from srcluster.tune.trial import TRIAL_TAG, TrialContext, distributed_trial, single_trial
+from srcluster.tune.trial import TrialContext, distributed_trial, single_trial
 
-KEY_TAG = "srcluster.tune.key"
 CANDIDATE_ALIAS = "candidate"
 
 
@@ -117,12 +119,8 @@ def make_search_alg(search: LoadedSearch, concurrent: int):
 
 
 def run_search(search: LoadedSearch, *, output_dir: Path | None = None, log=print) -> SearchOutcome:
-    from ray import tune
-
-    from srcluster.train.stage import default_storage, ensure_ray
-
     base = search.base_job
-    settings = StorageSettings.resolve(base.srcluster.s3_endpoint)
+    settings = StorageSettings.resolve(base.srcluster.s3_endpoint)  # once per driver
     storage = search.spec.storage or f"{(base.srcluster.storage or default_storage(settings)).rstrip('/')}/tune"
     tracker = Tracker(base.srcluster.mlflow.tracking_uri)
     settings.check(storage, create_bucket=False)
@@ -130,57 +128,52 @@ def run_search(search: LoadedSearch, *, output_dir: Path | None = None, log=prin
     experiment = base.srcluster.mlflow.experiment or search.name
     key = search.key()
 
-    parent = tracker.find_run(experiment, {KEY_TAG: key})
-    if parent is not None:
-        parent_id = parent.info.run_id
-        tracker.reopen(parent_id)
-        log(f"{search.name}: continuing search run {parent_id}")
-    else:
-        parent_id = tracker.start_run(experiment, f"{search.name}-search", params=search.params(),
-                                      tags={KEY_TAG: key, "srcluster.kind": "tune",
-                                            "srcluster.pretrain": base.path.pretrain_network_g or "scratch"})
-    env = {**settings.public_env(), "MLFLOW_TRACKING_URI": tracker.uri, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-    ensure_ray(env)
-    import ray
+    with runs.run(tracker, experiment, name=f"{search.name}-search", match={tag.TUNE_KEY: key}, params=search.params(),
+                  tags={tag.KIND: "tune", tag.PRETRAIN: base.path.pretrain_network_g or "scratch"}) as parent:
+        if parent.state == "reopened":
+            log(f"{search.name}: continuing search run {parent.id}")
+        grid = fit(search, settings, storage, tracker, experiment, parent.id, key, log)
+        outcome = summarize(search, grid, tracker, experiment, parent.id, storage_is_s3=storage.startswith("s3://"))
+        finish(outcome, search, tracker, settings, output_dir or home.home() / "tune" / key, log)
+    return outcome
 
+
+def fit(search: LoadedSearch, settings: StorageSettings, storage: str, tracker: Tracker, experiment: str,
+        parent_id: str, key: str, log):
+    """Run the Tuner (or restore an interrupted one from `storage`) under the open parent run; its ResultGrid."""
+    import ray
+    from ray import tune
+
+    env = worker_env(settings, tracker.uri, ray_workers=True)
+    ensure_ray(env)
     own, concurrent = plan_resources(search, ray.cluster_resources())
     ctx = TrialContext(search, parent_id, experiment, tracker.uri)
     function = single_trial if search.workers == 1 else distributed_trial
     trainable = tune.with_resources(tune.with_parameters(function, ctx=ctx), own)
     path, fs = settings.ray_storage(storage)
     experiment_path = f"{path}/{key}"
-    try:
-        if tune.Tuner.can_restore(experiment_path, storage_filesystem=fs):
-            log(f"{search.name}: resuming the interrupted search from {storage}/{key} (finished trials are kept)")
-            tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=False,
-                                       restart_errored=False, storage_filesystem=fs)
-        else:
-            log(f"{search.name}: {search.spec.num_samples} trials of {search.workers} worker(s), {concurrent} at once; "
-                f"objective {search.metric} ({search.mode})")
-            tuner = tune.Tuner(
-                trainable,
-                param_space={path: dist.domain() for path, dist in search.dists.items()},
-                tune_config=tune.TuneConfig(
-                    metric=search.metric, mode=search.mode, num_samples=search.spec.num_samples,
-                    search_alg=make_search_alg(search, concurrent), scheduler=make_scheduler(search)),
-                run_config=tune.RunConfig(
-                    name=key, storage_path=path, storage_filesystem=fs,
-                    # a diverged or crashed trial is recorded as ERROR; the search goes on without it
-                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-                    # PBT restarts trials from other trials' checkpoints, which must still exist by then
-                    checkpoint_config=tune.CheckpointConfig(
-                        num_to_keep=None if search.spec.scheduler.type == "pbt" else 2), verbose=1),
-            )
-        grid = tuner.fit()
-    except KeyboardInterrupt:
-        tracker.end_run(parent_id, "KILLED")
-        raise
-    except BaseException:
-        tracker.end_run(parent_id, "FAILED")
-        raise
-    outcome = summarize(search, grid, tracker, experiment, parent_id, storage_is_s3=storage.startswith("s3://"))
-    finish(outcome, search, tracker, output_dir or home.home() / "tune" / key, log)
-    return outcome
+    if tune.Tuner.can_restore(experiment_path, storage_filesystem=fs):
+        log(f"{search.name}: resuming the interrupted search from {storage}/{key} (finished trials are kept)")
+        tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False, storage_filesystem=fs)
+    else:
+        log(f"{search.name}: {search.spec.num_samples} trials of {search.workers} worker(s), {concurrent} at once; "
+            f"objective {search.metric} ({search.mode})")
+        tuner = tune.Tuner(
+            trainable,
+            param_space={path: dist.domain() for path, dist in search.dists.items()},
+            tune_config=tune.TuneConfig(
+                metric=search.metric, mode=search.mode, num_samples=search.spec.num_samples,
+                search_alg=make_search_alg(search, concurrent), scheduler=make_scheduler(search)),
+            run_config=tune.RunConfig(
+                name=key, storage_path=path, storage_filesystem=fs,
+                # a diverged or crashed trial is recorded as ERROR; the search goes on without it
+                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                # PBT restarts trials from other trials' checkpoints, which must still exist by then
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=None if search.spec.scheduler.type == "pbt" else 2), verbose=1),
+        )
+    return tuner.fit()
 
 
 def summarize(search: LoadedSearch, grid, tracker: Tracker, experiment: str, parent_id: str, *,
@@ -196,7 +189,7 @@ def summarize(search: LoadedSearch, grid, tracker: Tracker, experiment: str, par
         metrics = result.metrics or {}
         values = [v for _, v in curve]
         last = metrics.get(search.metric)
-        run = tracker.find_run(experiment, {TRIAL_TAG: trial.trial_id})
+        run = tracker.find_run(experiment, {tag.TUNE_TRIAL_ID: trial.trial_id})
         rows.append(TrialRow(
             trial_id=trial.trial_id, status="ERROR" if result.error else str(trial.status),
             params={p: search.dists[p].value(config[p]) for p in search.dists if p in config},
@@ -215,8 +208,8 @@ def generator_of(result, run, storage_is_s3: bool) -> str | None:
     """The generator a trial ended with: the stage's best (by the search metric) when it finished, else the one in
     its latest checkpoint (a trial ASHA stopped, or a single-worker trial)."""
     metrics = result.metrics or {}
-    if run is not None and run.data.tags.get("srcluster.generator_uri"):
-        return run.data.tags["srcluster.generator_uri"]
+    if run is not None and run.data.tags.get(tag.GENERATOR_URI):
+        return run.data.tags[tag.GENERATOR_URI]
     if metrics.get("generator_uri"):
         return metrics["generator_uri"]
     from srcluster.train.loop import GENERATOR_FILE
@@ -230,7 +223,10 @@ def generator_of(result, run, storage_is_s3: bool) -> str | None:
     return None
 
 
-def finish(outcome: SearchOutcome, search: LoadedSearch, tracker: Tracker, output_dir: Path, log) -> None:
+def finish(outcome: SearchOutcome, search: LoadedSearch, tracker: Tracker, settings: StorageSettings,
+           output_dir: Path, log) -> None:
+    """Close the trials' runs, write and log the trial table and plot, and register the best generator (the parent
+    run itself is ended by `run_search`)."""
     from srcluster.tune.report import plot_curves, table_text, write_csv
 
     # A trial Tune stopped (ASHA) is torn down mid-stage: its MLflow run is left open, or was closed as FAILED or
@@ -239,12 +235,12 @@ def finish(outcome: SearchOutcome, search: LoadedSearch, tracker: Tracker, outpu
     for row in outcome.rows:
         if row.run_id is None:
             continue
-        run = tracker.client.get_run(row.run_id)
+        run = tracker.get_run(row.run_id)
         sampled = {f"tune.{p}": v for p, v in row.params.items()}
         existing = run.data.params
         tracker.log_params(row.run_id, {k: v for k, v in sampled.items() if k not in existing})
         if row.status == "TERMINATED" and run.info.status != "FINISHED":
-            tracker.set_tags(row.run_id, {"srcluster.tune.stopped_early": str(row.iterations)})
+            tracker.set_tags(row.run_id, {tag.TUNE_STOPPED_EARLY: str(row.iterations)})
             tracker.end_run(row.run_id, "FINISHED")
         elif run.info.status == "RUNNING":
             tracker.end_run(row.run_id, "FAILED")
@@ -261,13 +257,13 @@ def finish(outcome: SearchOutcome, search: LoadedSearch, tracker: Tracker, outpu
                                                     "trials": len(outcome.rows),
                                                     "trials_failed": sum(r.status == "ERROR" for r in outcome.rows),
                                                     "total_iterations": outcome.total_iterations}, step=0)
-        tracker.set_tags(outcome.parent_run_id, {"srcluster.tune.best_trial": outcome.best.trial_id,
-                                                 "srcluster.tune.best_run": outcome.best.run_id or ""})
-        outcome.candidate = register_candidate(outcome, search, tracker, log)
-    tracker.end_run(outcome.parent_run_id)
+        tracker.set_tags(outcome.parent_run_id, {tag.TUNE_BEST_TRIAL: outcome.best.trial_id,
+                                                 tag.TUNE_BEST_RUN: outcome.best.run_id or ""})
+        outcome.candidate = register_candidate(outcome, search, tracker, settings, log)
 
 
-def register_candidate(outcome: SearchOutcome, search: LoadedSearch, tracker: Tracker, log):
+def register_candidate(outcome: SearchOutcome, search: LoadedSearch, tracker: Tracker, settings: StorageSettings,
+                       log):
     """The best trial's generator in the model registry, alias `candidate`, with its lineage in the tags."""
     from srcluster.tracking import models
 
@@ -278,12 +274,13 @@ def register_candidate(outcome: SearchOutcome, search: LoadedSearch, tracker: Tr
     name = search.spec.registered_model or search.name
     ref = models.find_registered(tracker, name, best.run_id)  # a rerun of a finished search registers nothing new
     if ref is None:
-        lineage = {"srcluster.tune.search_run": outcome.parent_run_id, "srcluster.tune.trial_id": best.trial_id,
-                   "srcluster.pretrain": job.path.pretrain_network_g or "scratch",
-                   f"srcluster.tune.{outcome.metric}": f"{best.last:.6g}"}
+        lineage = {tag.TUNE_SEARCH_RUN: outcome.parent_run_id, tag.TUNE_TRIAL_ID: best.trial_id,
+                   tag.PRETRAIN: job.path.pretrain_network_g or "scratch",
+                   tag.tune_objective(outcome.metric): f"{best.last:.6g}"}
         network = dict(search.job_dict(best.params)["network_g"])  # the trial's own, in case the space changes it
         ref = models.log_generator(tracker, best.run_id, best.generator_uri, arch=network.pop("type"),
-                                   options=network, scale=job.scale, registered_name=name, tags=lineage)
+                                   options=network, scale=job.scale, settings=settings, registered_name=name,
+                                   tags=lineage)
     models.set_alias(tracker, ref.name, ref.version, CANDIDATE_ALIAS,
                      reason=f"best {outcome.metric} {best.last:.4g} of {len(outcome.rows)} trials in search "
                             f"{search.name} (run {outcome.parent_run_id})")

@@ -19,7 +19,6 @@ validated as a whole job, so a typo or an impossible range fails before anything
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -28,9 +27,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from srcluster.config import ConfigError, Job, read_yaml
+from srcluster.registry import did_you_mean
 
 DISTRIBUTIONS = {  # name -> number of arguments (None: a list of options)
-    "choice": None, "grid": None, "uniform": 2, "loguniform": 2, "quniform": 3, "qloguniform": 3, "randint": 2,
+    "choice": None,
+    "grid": None,
+    "uniform": 2,
+    "loguniform": 2,
+    "quniform": 3,
+    "qloguniform": 3,
+    "randint": 2,
 }
 # The default objective, in order of preference: the first whose weights are on this machine wins.
 PERCEPTUAL_DEFAULTS = ("dists", "lpips", "topiq")
@@ -129,12 +135,13 @@ class Dist(BaseModel):
 def parse_dist(path: str, spec: Any, source: str) -> Dist:
     where = f"{source}: space.{path}"
     if not isinstance(spec, dict) or len(spec) != 1:
-        raise ConfigError(f"{where}: expected one distribution, e.g. {{loguniform: [1.0e-5, 1.0e-3]}} "
-                          f"(known: {', '.join(DISTRIBUTIONS)})")
+        raise ConfigError(
+            f"{where}: expected one distribution, e.g. {{loguniform: [1.0e-5, 1.0e-3]}} "
+            f"(known: {', '.join(DISTRIBUTIONS)})"
+        )
     kind, args = next(iter(spec.items()))
     if kind not in DISTRIBUTIONS:
-        close = difflib.get_close_matches(str(kind), DISTRIBUTIONS, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(DISTRIBUTIONS)}"
+        hint = did_you_mean(str(kind), DISTRIBUTIONS) or f"known: {', '.join(DISTRIBUTIONS)}"
         raise ConfigError(f"{where}: unknown distribution {kind!r} ({hint})")
     arity = DISTRIBUTIONS[kind]
     if not isinstance(args, list) or (arity is None and not args) or (arity is not None and len(args) != arity):
@@ -156,8 +163,7 @@ def parse_dist(path: str, spec: Any, source: str) -> Dist:
 
 
 def _hint(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    return f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known) or 'none'}"
+    return did_you_mean(name, known) or f"known: {', '.join(known) or 'none'}"
 
 
 def set_path(data: dict, path: str, value: Any, where: str = "space") -> None:
@@ -183,8 +189,11 @@ def set_path(data: dict, path: str, value: Any, where: str = "space") -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"{where}.{path}: {'.'.join(parts[:i])} is not a section")
         if last:
-            node[part] = deep_merge(node[part], value) if isinstance(value, dict) and isinstance(node.get(part), dict) \
+            node[part] = (
+                deep_merge(node[part], value)
+                if isinstance(value, dict) and isinstance(node.get(part), dict)
                 else copy.deepcopy(value)
+            )
             return
         if node.get(part) is None:
             raise ConfigError(f"{where}.{here}: no such section in the base job ({_hint(part, list(node))})")
@@ -226,8 +235,9 @@ class LoadedSearch:
         if not self.dists:
             raise ConfigError(f"{source}: space: empty; name at least one config key to search")
         if base.datasets.val is None or not base.val.val_enabled:
-            raise ConfigError(f"{source}: base: the stage has no validation set (datasets.val); a search needs one "
-                              "to score trials")
+            raise ConfigError(
+                f"{source}: base: the stage has no validation set (datasets.val); a search needs one to score trials"
+            )
         for path in self.dists:
             check_path(self.base, path, f"{source}: space")
         self.workers = spec.trial.workers or base.srcluster.workers
@@ -236,9 +246,11 @@ class LoadedSearch:
         if spec.scheduler.type == "pbt":
             for path in self.dists:
                 if path.startswith("network_") or path == "scale":
-                    raise ConfigError(f"{source}: space.{path}: PBT continues trials from other trials' checkpoints, "
-                                      "so it cannot change the model: "
-                                      "use scheduler asha or fifo to search this key")
+                    raise ConfigError(
+                        f"{source}: space.{path}: PBT continues trials from other trials' checkpoints, "
+                        "so it cannot change the model: "
+                        "use scheduler asha or fifo to search this key"
+                    )
         if spec.search.algorithm == "optuna" and any(d.kind == "grid" for d in self.dists.values()):
             bad = next(p for p, d in self.dists.items() if d.kind == "grid")
             raise ConfigError(f"{source}: space.{bad}: grid is for search.algorithm random; use choice with optuna")
@@ -297,17 +309,29 @@ class LoadedSearch:
                 except ValidationError as exc:
                     first = exc.errors()[0]
                     where = ".".join(str(p) for p in first["loc"])
-                    raise ConfigError(f"{self.source}: space.{path}: {dist.kind} value {value!r} makes an invalid job "
-                                      f"({where}: {first['msg'].removeprefix('Value error, ')})") from None
+                    raise ConfigError(
+                        f"{self.source}: space.{path}: {dist.kind} value {value!r} makes an invalid job "
+                        f"({where}: {first['msg'].removeprefix('Value error, ')})"
+                    ) from None
 
-    def params(self) -> dict[str, str]:
-        """The search itself as MLflow params of the parent run."""
+    def params(self) -> dict[str, Any]:
+        """The search itself as MLflow params of the parent run (MLflow stores each value as its str)."""
         spec = self.spec
-        out = {f"space.{p}": json.dumps(d.model_dump(include={"kind", "args"})) for p, d in self.dists.items()}
-        out.update({"metric": self.metric, "mode": self.mode, "search": spec.search.algorithm,
-                    "scheduler": spec.scheduler.type, "num_samples": spec.num_samples, "trial.workers": self.workers,
-                    "base": spec.base.job or f"{spec.base.recipe}:{spec.base.stage}",
-                    "base.pretrain": self.base_job.path.pretrain_network_g or "scratch"})
+        out: dict[str, Any] = {
+            f"space.{p}": json.dumps(d.model_dump(include={"kind", "args"})) for p, d in self.dists.items()
+        }
+        out.update(
+            {
+                "metric": self.metric,
+                "mode": self.mode,
+                "search": spec.search.algorithm,
+                "scheduler": spec.scheduler.type,
+                "num_samples": spec.num_samples,
+                "trial.workers": self.workers,
+                "base": spec.base.job or f"{spec.base.recipe}:{spec.base.stage}",
+                "base.pretrain": self.base_job.path.pretrain_network_g or "scratch",
+            }
+        )
         return out
 
 
@@ -332,8 +356,10 @@ def resolve_metric(spec: SearchFile, base: Job, source: str) -> tuple[str, str, 
         kind = configured.get(key, key)
         if kind not in perceptual.METRICS.names():
             known = [f"val_{k}" for k in configured]
-            raise ConfigError(f"{source}: metric: {spec.metric!r} is not a validation metric of the base job "
-                              f"({_hint('val_' + key, known)}; or one of {', '.join(perceptual.METRICS.names())})")
+            raise ConfigError(
+                f"{source}: metric: {spec.metric!r} is not a validation metric of the base job "
+                f"({_hint('val_' + key, known)}; or one of {', '.join(perceptual.METRICS.names())})"
+            )
         better = metric_direction(kind, source)
         return f"val_{key}", spec.mode or ("max" if better == "higher" else "min"), key
     for kind in PERCEPTUAL_DEFAULTS:
@@ -379,13 +405,18 @@ def _load_base(base: Base, source: str) -> Job:
             data["path"]["pretrain_network_g"] = base.pretrain
             job = validate_job(data, f"{source}: base")
         return job
+    assert base.recipe is not None  # Base.one_source: a job file or a recipe, and it is not a job file
     recipe = load_recipe(_relative(base.recipe, folder))
     if base.stage not in recipe.stages:
-        raise ConfigError(f"{source}: base.stage: {base.stage!r} is not a stage of {base.recipe} "
-                          f"({_hint(base.stage, list(recipe.stages) or list(STAGES))})")
+        raise ConfigError(
+            f"{source}: base.stage: {base.stage!r} is not a stage of {base.recipe} "
+            f"({_hint(base.stage, list(recipe.stages) or list(STAGES))})"
+        )
     if base.stage != STAGES[0] and not base.pretrain:
-        raise ConfigError(f"{source}: base.pretrain: stage {base.stage} starts from the previous stage's generator; "
-                          "give its URL (the `generator:` line printed by `srcluster train`/`pipeline`)")
+        raise ConfigError(
+            f"{source}: base.pretrain: stage {base.stage} starts from the previous stage's generator; "
+            "give its URL (the `generator:` line printed by `srcluster train`/`pipeline`)"
+        )
     return recipe.job(base.stage, base.pretrain)
 
 
@@ -410,8 +441,10 @@ def parse_search(data: Any, source: str = "search") -> LoadedSearch:
             elif err["type"] == "missing":
                 lines.append(f"{source}: {'.'.join(loc)}: required key is missing")
             else:
-                lines.append(f"{source}: {'.'.join(loc) + ': ' if loc else ''}{err['msg'].removeprefix('Value error, ')}"
-                             f"{'' if isinstance(err.get('input'), dict) else ', got ' + repr(err.get('input'))}")
+                lines.append(
+                    f"{source}: {'.'.join(loc) + ': ' if loc else ''}{err['msg'].removeprefix('Value error, ')}"
+                    f"{'' if isinstance(err.get('input'), dict) else ', got ' + repr(err.get('input'))}"
+                )
         raise ConfigError("\n".join(lines)) from None
     return LoadedSearch(spec, load_base(spec.base, source), source)
 

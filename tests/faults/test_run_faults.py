@@ -60,7 +60,7 @@ class Watch:
 
     def checkpoints(self) -> list[int]:
         """Checkpoints Ray Train has recorded as complete (uploaded and reported)."""
-        return recorded_checkpoints(self.folder_url())
+        return recorded_checkpoints(self.folder_url(), StorageSettings.resolve())
 
     def run(self):
         client = Tracker().client

@@ -13,8 +13,14 @@ def random_features(arch: str, seed: int, bias_std: float = 0.0) -> dict[str, to
     with torch.device("meta"):  # shapes only
         net = perceptual.alexnet_features() if arch == "alexnet" else perceptual.vgg_features(arch)
     g = torch.Generator().manual_seed(seed)
-    return {f"features.{k}": (torch.randn(v.shape, generator=g) * math.sqrt(2 / v[0].numel()) if k.endswith("weight")
-                              else bias_std * torch.randn(v.shape, generator=g)) for k, v in net.state_dict().items()}
+    return {
+        f"features.{k}": (
+            torch.randn(v.shape, generator=g) * math.sqrt(2 / v[0].numel())
+            if k.endswith("weight")
+            else bias_std * torch.randn(v.shape, generator=g)
+        )
+        for k, v in net.state_dict().items()
+    }
 
 
 def fake_torch_home(home: Path, archs: tuple[str, ...], seed: int, bias_std: float = 0.0) -> Path:

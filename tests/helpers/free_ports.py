@@ -7,7 +7,8 @@ import random
 
 from srcluster import stack as local_stack
 
-# Below Linux's ephemeral range (32768+) and above Ray's worker ports (10000-19999), so nothing else grabs them meanwhile.
+# Below Linux's ephemeral range (32768+) and above Ray's worker ports (10000-19999), so nothing else grabs them
+# meanwhile.
 TEST_PORTS = range(20000, 32000)
 
 

@@ -14,8 +14,10 @@ def tiny_job(**overrides) -> dict:
         "name": "e2e",
         "scale": 2,
         "manual_seed": 5,
-        "datasets": {"train": {"dataroot_gt": TRAIN, "lq_size": 16, "batch_size_per_gpu": 2, "num_worker_per_gpu": 0},
-                     "val": {"dataroot_gt": VAL}},
+        "datasets": {
+            "train": {"dataroot_gt": TRAIN, "lq_size": 16, "batch_size_per_gpu": 2, "num_worker_per_gpu": 0},
+            "val": {"dataroot_gt": VAL},
+        },
         "network_g": {"type": "superultracompact"},
         "train": {"total_iter": 20, "losses": [{"type": "charbonnierloss", "loss_weight": 1.0}]},
         "val": {"val_freq": 10},
@@ -32,12 +34,20 @@ CANARY = "canary-secret-0123456789abcdef"
 
 def launch_job(name: str, **overrides) -> dict:
     """The tiny stage of test_train_e2e on its own data prefix: 1 worker, 4 iterations."""
-    return tiny_job(**{"name": name,
-                       "datasets": {"train": {"dataroot_gt": LAUNCH_TRAIN, "lq_size": 16, "batch_size_per_gpu": 2,
-                                              "num_worker_per_gpu": 0}, "val": {"dataroot_gt": LAUNCH_VAL}},
-                       "train": {"total_iter": 4, "losses": [{"type": "charbonnierloss", "loss_weight": 1.0}]},
-                       "val": {"val_freq": 4}, "logger": {"print_freq": 2, "save_checkpoint_freq": 4},
-                       "srcluster": {"workers": 1}, **overrides})
+    return tiny_job(
+        **{
+            "name": name,
+            "datasets": {
+                "train": {"dataroot_gt": LAUNCH_TRAIN, "lq_size": 16, "batch_size_per_gpu": 2, "num_worker_per_gpu": 0},
+                "val": {"dataroot_gt": LAUNCH_VAL},
+            },
+            "train": {"total_iter": 4, "losses": [{"type": "charbonnierloss", "loss_weight": 1.0}]},
+            "val": {"val_freq": 4},
+            "logger": {"print_freq": 2, "save_checkpoint_freq": 4},
+            "srcluster": {"workers": 1},
+            **overrides,
+        }
+    )
 
 
 def write_job(folder: Path, job: dict, name: str = "job.yml") -> Path:

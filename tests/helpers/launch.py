@@ -13,8 +13,15 @@ BIN = Path(sys.executable).parent  # the venv's console scripts (srcluster, ray)
 def ray_start_args(temp_dir: Path) -> list[str]:
     """Every port `ray start` opens, on free ones, and its own temp dir: beside other Ray clusters on this machine."""
     base = free_port_block(40)
-    names = ["node-manager-port", "object-manager-port", "ray-client-server-port", "dashboard-agent-listen-port",
-             "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port"]
+    names = [
+        "node-manager-port",
+        "object-manager-port",
+        "ray-client-server-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+        "metrics-export-port",
+    ]
     args = [f"--{name}={base + i}" for i, name in enumerate(names)]
     return [*args, f"--min-worker-port={base + 10}", f"--max-worker-port={base + 39}", f"--temp-dir={temp_dir}"]
 

@@ -13,6 +13,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 import ray
 from ray.cluster_utils import Cluster
@@ -23,7 +24,7 @@ from srcluster.train.stage import default_storage, recorded_checkpoints, run_key
 
 
 def main(spec: str) -> None:
-    job = parse_job(json.loads(open(spec).read()))
+    job = parse_job(json.loads(Path(spec).read_text()))
     with socket.socket() as probe:  # a free dashboard port: another Ray instance on this machine may hold 8265
         probe.bind(("127.0.0.1", 0))
         dashboard_port = probe.getsockname()[1]
@@ -32,14 +33,18 @@ def main(spec: str) -> None:
     cluster.wait_for_nodes()
     # RAY_ADDRESS for Ray Train's own actors: its placement-group cleaner finds "the" cluster through the state API,
     # and on a machine with several clusters it would otherwise pick the newest one
-    ray.init(address=cluster.address, log_to_driver=True, configure_logging=False,
-             runtime_env={"env_vars": {"RAY_ADDRESS": cluster.address}})
+    ray.init(
+        address=cluster.address,
+        log_to_driver=True,
+        configure_logging=False,
+        runtime_env={"env_vars": {"RAY_ADDRESS": cluster.address}},
+    )
 
     settings = StorageSettings.resolve()
     run_folder = f"{(job.srcluster.storage or default_storage(settings)).rstrip('/')}/{run_key(job)}"
 
     def remove_a_node_after_the_first_checkpoint() -> None:
-        while not recorded_checkpoints(run_folder):  # recorded by Ray, not merely uploaded
+        while not recorded_checkpoints(run_folder, settings):  # recorded by Ray, not merely uploaded
             time.sleep(0.5)
         print("removing a node", flush=True)
         cluster.remove_node(nodes[1])

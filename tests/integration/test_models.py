@@ -9,12 +9,15 @@ from safetensors.torch import load_file
 
 from srcluster.cli import main
 from srcluster.errors import SrclusterError
-from srcluster.tracking.models import ModelRef, find_registered, log_generator, resolve_model_uri, set_alias, weights_file
+from srcluster.storage import StorageSettings
+from srcluster.tracking.models import (ModelRef, find_registered, get_version, log_generator, resolve_model_uri, set_alias,
+                                       weights_file)
 from srcluster.tracking.tracker import Tracker
 from srcluster.components.archs import build_generator
 from srcluster.components.weights import export_generator, load_pretrain
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+LOCAL = StorageSettings()  # the generators here are local files
 
 
 @pytest.fixture(scope="module")
@@ -42,24 +45,24 @@ def test_register_promote_resolve_and_pretrain_on_sqlite(sqlite_tracker, tmp_pat
     run_id = tracker.start_run("models-test", "toy-stage", tags={"srcluster.stage": "fidelity_2x",
                                                                  "srcluster.pretrain_model": "none"})
     ref = log_generator(tracker, run_id, path, arch="superultracompact", options={"num_feat": 24}, scale=2,
-                        registered_name="toy-fidelity_2x", tags={"srcluster.key_metric": "val_psnr",
+                        settings=LOCAL, registered_name="toy-fidelity_2x", tags={"srcluster.key_metric": "val_psnr",
                                                                  "srcluster.key_metric_value": "30.5"})
     assert ref == ModelRef("toy-fidelity_2x", "1", "models:/toy-fidelity_2x/1", run_id)
-    assert tracker.client.get_run(run_id).data.tags["srcluster.registered_model"] == ref.uri
-    version = tracker.client.get_model_version("toy-fidelity_2x", "1")
+    assert tracker.get_run(run_id).data.tags["srcluster.registered_model"] == ref.uri
+    version = get_version(tracker, "toy-fidelity_2x", "1")
     assert version.tags["srcluster.stage"] == "fidelity_2x"  # the run's lineage tags travel with the version
     assert version.tags["srcluster.arch"] == "superultracompact" and version.tags["srcluster.scale"] == "2"
     assert "srcluster.version" in version.tags
 
     # a second generator of the same run is a new version; find_registered sees the newest
     _, path2 = exported(tmp_path, 2)
-    ref2 = log_generator(tracker, run_id, path2, arch="superultracompact", options={}, scale=2,
+    ref2 = log_generator(tracker, run_id, path2, arch="superultracompact", options={}, scale=2, settings=LOCAL,
                          registered_name="toy-fidelity_2x")
     assert ref2.version == "2" and find_registered(tracker, "toy-fidelity_2x", run_id) == ref2
     assert find_registered(tracker, "toy-fidelity_2x", "0" * 32) is None
 
     assert main(["promote", "toy-fidelity_2x", "1", "--alias", "champion", "--reason", "sharper"]) == 0
-    tags = tracker.client.get_model_version("toy-fidelity_2x", "1").tags
+    tags = get_version(tracker, "toy-fidelity_2x", "1").tags
     assert tags["srcluster.alias.champion.reason"] == "sharper" and tags["srcluster.alias.champion.by"]
     assert tags["srcluster.alias.champion.at"].startswith("20")
 
@@ -71,8 +74,10 @@ def test_register_promote_resolve_and_pretrain_on_sqlite(sqlite_tracker, tmp_pat
 
     torch.manual_seed(99)
     fresh = build_generator("superultracompact", 2)
-    report = load_pretrain(fresh, weights_file("models:/toy-fidelity_2x@champion"))
-    assert report.loaded == len(expected) and report.source == "models:/toy-fidelity_2x@champion"
+    champion = weights_file("models:/toy-fidelity_2x@champion")  # the version's file, downloaded once
+    report = load_pretrain(fresh, champion, label="models:/toy-fidelity_2x@champion")
+    assert champion == local and report.loaded == len(expected)
+    assert report.source == "models:/toy-fidelity_2x@champion"  # reports name the pretrain as the user gave it
     assert all(torch.equal(t, expected[k]) for k, t in fresh.state_dict().items())
 
     # moving the alias moves what the URI resolves to
@@ -86,7 +91,8 @@ def test_registry_errors_are_one_line(sqlite_tracker, tmp_path, capsys):
     tracker = sqlite_tracker
     _, path = exported(tmp_path, 3)
     run_id = tracker.start_run("models-test", "toy")
-    log_generator(tracker, run_id, path, arch="superultracompact", options={}, scale=2, registered_name="toy-x")
+    log_generator(tracker, run_id, path, arch="superultracompact", options={}, scale=2, settings=LOCAL,
+                  registered_name="toy-x")
     with pytest.raises(SrclusterError, match=r"no registered model 'nope'"):
         resolve_model_uri("models:/nope@champion")
     with pytest.raises(SrclusterError, match=r"'toy-x' has no alias @gold"):
@@ -96,7 +102,8 @@ def test_registry_errors_are_one_line(sqlite_tracker, tmp_path, capsys):
     with pytest.raises(SrclusterError, match=r"not a registry model URI"):
         resolve_model_uri("models:/toy-x")
     with pytest.raises(SrclusterError, match=r"generator .*missing.safetensors does not exist"):
-        log_generator(tracker, run_id, tmp_path / "missing.safetensors", arch="superultracompact", options={}, scale=2)
+        log_generator(tracker, run_id, tmp_path / "missing.safetensors", arch="superultracompact", options={}, scale=2,
+                      settings=LOCAL)
     assert main(["promote", "toy-x", "5", "--alias", "champion"]) == 2
     err = capsys.readouterr().err
     assert "has no version 5" in err and "Traceback" not in err
@@ -108,7 +115,8 @@ def test_registered_generator_loads_as_an_mlflow_pyfunc_model(sqlite_tracker, tm
     tracker = sqlite_tracker
     _, path = exported(tmp_path, 4)
     run_id = tracker.start_run("models-test", "toy")
-    ref = log_generator(tracker, run_id, path, arch="superultracompact", options={}, scale=2, registered_name="toy-py")
+    ref = log_generator(tracker, run_id, path, arch="superultracompact", options={}, scale=2, settings=LOCAL,
+                        registered_name="toy-py")
     mlflow.set_tracking_uri(tracker.uri)
     model = mlflow.pyfunc.load_model(ref.uri)
     out = model.predict([np.zeros((12, 10, 3), np.uint8)])

@@ -294,13 +294,14 @@ def test_data_lineage_pins_each_manifest_by_sha256(tmp_path):
     import hashlib
 
     from srcluster.recipes.pipeline import data_lineage
+    from srcluster.storage import StorageSettings
 
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "manifest.json").write_bytes(b'{"format": "srcluster-shards/2"}')
     (tmp_path / "folder").mkdir()
     recipe = parse_recipe({**SHARED, "datasets": {"train": {"dataroot_gt": [str(tmp_path / "shards"),
                                                                             str(tmp_path / "folder")]}}}, "r.yml")
-    tags = data_lineage(recipe.job("fidelity_2x"))
+    tags = data_lineage(recipe.job("fidelity_2x"), StorageSettings.resolve())
     assert tags["srcluster.data_manifest"] == f"{tmp_path / 'shards'}/manifest.json,{tmp_path / 'folder'}"
     digest = hashlib.sha256(b'{"format": "srcluster-shards/2"}').hexdigest()
     assert tags["srcluster.data_sha256"] == f"{digest},none"

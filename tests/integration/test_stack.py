@@ -44,7 +44,7 @@ def group_members(pgid: int) -> list[int]:
     return stack_mod._group_members(pgid)
 
 
-# --- the session's stack --------------------------------------------------------------------------------------------------
+# --- the session's stack ----------------------------------------------------------------------------------------------
 
 
 def test_credentials_are_private(s3):
@@ -127,7 +127,7 @@ def test_secret_stays_in_the_credentials_files(stack):
     assert secret not in repr(settings) + settings.describe() + repr(settings.public_env())
 
 
-# --- stacks of their own (own $SRCLUSTER_HOME; the session's stack is left alone) -----------------------------------------
+# --- stacks of their own (own $SRCLUSTER_HOME; the session's stack is left alone) -------------------------------------
 
 
 @pytest.fixture

@@ -78,7 +78,7 @@ def test_secret_never_shown(fake_stack):
     assert settings.secret_env()["AWS_SECRET_ACCESS_KEY"] == SECRET  # only for children we start ourselves
 
 
-# --- check() against the running S3 server ---------------------------------------------------------------------------------
+# --- check() against the running S3 server ----------------------------------------------------------------------------
 
 
 def test_check_passes_for_existing_bucket_and_local_path(s3, tmp_path):

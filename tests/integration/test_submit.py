@@ -167,7 +167,7 @@ def jobs_on(head: Head) -> list[dict]:
     return answer.json()
 
 
-# --- real submissions ---------------------------------------------------------------------------------------------------
+# --- real submissions -------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -235,7 +235,7 @@ def test_bad_input_against_a_live_head_submits_nothing(stack, ray_head, tmp_path
     assert len(jobs_on(ray_head)) == before
 
 
-# --- bad input, no cluster needed: each is one line, found before contacting any head ------------------------------------
+# --- bad input, no cluster needed: each is one line, found before contacting any head ---------------------------------
 
 
 @pytest.mark.parametrize("change, args, expected", [

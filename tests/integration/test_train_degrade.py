@@ -13,7 +13,8 @@ from srcluster.data.stream import train_loader
 from srcluster.degrade.filters import usm_sharpen
 from srcluster.degrade.pipeline import Plan, apply
 from srcluster.train.batch import to_batch
-from srcluster.train.loop import build_stage, train_step
+from srcluster.train.state import build_stage
+from srcluster.train.step import train_step
 from helpers.images import PER_SHARD, photo_tiles
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -48,7 +48,7 @@ def search_file(tmp_path, job: dict | None = None, **overrides) -> dict:
     return search
 
 
-# --- the search file ----------------------------------------------------------------------------------------------------
+# --- the search file --------------------------------------------------------------------------------------------------
 
 
 def test_space_maps_dotted_paths_into_the_job(tmp_path):
@@ -134,7 +134,7 @@ def test_recipe_stage_base_needs_its_pretrain(tmp_path):
     assert search.params()["base.pretrain"] == "s3://srcluster/x/net_g_ema.safetensors"
 
 
-# --- real searches ------------------------------------------------------------------------------------------------------
+# --- real searches ----------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -208,9 +208,10 @@ def test_restored_optimizer_takes_the_mutated_learning_rate(tmp_path):
     the donor's lr, so it must be put back, and the next step must move the weights by the new lr."""
     import torch
 
-    from srcluster.train.loop import build_stage, train_step
+    from srcluster.components.optim import apply_optimizer_options
+    from srcluster.train.state import build_stage
+    from srcluster.train.step import train_step
     from srcluster.tune.space import validate_job
-    from srcluster.tune.trial import apply_optimizer_options
 
     def stage_with(lr: float):
         data = gan_job(train={"total_iter": 8, "warmup_iter": 4, "optim_g": {"lr": lr},
@@ -288,7 +289,8 @@ def test_interrupted_search_resumes_without_redoing_finished_trials(stack, ray_c
     import sys
 
     from srcluster.tracking.tracker import Tracker
-    from srcluster.tune.run import KEY_TAG, run_search
+    from srcluster.tracking import tags
+    from srcluster.tune.run import run_search
 
     job = charbonnier_job(train={"total_iter": 8}, val={"val_freq": 4}, srcluster={"workers": 1, "cpus_per_worker": 1})
     spec = search_file(tmp_path, job, name="resume", num_samples=1, trial={"workers": 1}, scheduler={"type": "fifo"},
@@ -299,7 +301,7 @@ def test_interrupted_search_resumes_without_redoing_finished_trials(stack, ray_c
     client = Tracker().client
 
     def runs():
-        parent = Tracker().find_run("resume", {KEY_TAG: search.key()})
+        parent = Tracker().find_run("resume", {tags.TUNE_KEY: search.key()})
         return trial_runs(parent.info.run_id) if parent else []
 
     # the first try is killed (driver and all it started) once one trial has finished

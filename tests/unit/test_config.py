@@ -47,6 +47,12 @@ def test_minimal_job_fills_traiNNer_defaults():
         (with_("network_g.type", "compakt"), "network_g.type: unknown generator 'compakt' (did you mean 'compact'"),
         (with_("train.losses", [{"type": "charbonierloss"}]), "train.losses[0].type: unknown loss 'charbonierloss'"),
         (with_("train.losses", [{"type": "ganloss", "loss_weight": 0.1}]), "no network_d is configured"),
+        (with_("val.metrics", {"psnr": {"type": "calculate_psnrr"}}),
+         "val.metrics.psnr.type: unknown metric 'psnrr' (did you mean 'psnr'?)"),
+        (with_("val.metrics", {"lpips": {"type": "calculate_lpips", "nett": "vgg"}}),
+         "val.metrics.lpips: lpips has no option 'nett' (did you mean 'net'?)"),
+        (with_("logger.save_checkpoint_format", "ckpt"),
+         "logger.save_checkpoint_format: Input should be 'safetensors' or 'pth'"),
     ],
 )
 def test_bad_values_name_the_key(data, expected):
@@ -121,6 +127,17 @@ def test_every_trainner_redux_template_loads_with_its_ignored_keys_named(templat
         assert degradations.jpeg_range == tuple(data["jpeg_range"])
     else:
         assert degradations is None
+
+
+def test_trainner_logger_options_srcluster_replaces_are_warnings():
+    job = parse_job(with_("logger", {"save_checkpoint_format": "pth", "use_tb_logger": True}), "job.yml")
+    assert job.warnings == [
+        "job.yml: logger.use_tb_logger: ignored (metrics go to MLflow)",
+        ("job.yml: logger.save_checkpoint_format: pth ignored (srcluster writes safetensors, which spandrel/chaiNNer "
+         "and traiNNer-redux load)"),
+    ]
+    assert "logger.use_tb_logger" not in flatten(job.model_dump(mode="json"))  # lifted out: not a job option
+    assert not parse_job(with_("logger.save_checkpoint_format", "safetensors")).warnings
 
 
 def test_unimplemented_trainner_loss_with_weight_is_an_error():

@@ -12,7 +12,6 @@ from srcluster.degrade.noise import GAUSSIAN, POISSON, Noise, add_noise
 from srcluster.degrade.poisson import poisson_from_uniform
 from srcluster.degrade.video import CODECS, encode_clip
 
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
@@ -28,8 +27,12 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _noise(kind: int, strength: float, gray: bool, count: int = 1) -> Noise:
-    return Noise(np.full(count, kind, dtype=np.int8), np.full(count, strength), np.full(count, gray),
-                 np.arange(count, dtype=np.int64) + 7)
+    return Noise(
+        np.full(count, kind, dtype=np.int8),
+        np.full(count, strength),
+        np.full(count, gray),
+        np.arange(count, dtype=np.int64) + 7,
+    )
 
 
 def test_gaussian_noise_has_the_requested_sigma_inside_the_image_only() -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 
+from helpers.shared import shared_data
 from srcluster.degrade.config import (
     DATASET_KEYS,
     TOP_LEVEL_KEYS,
@@ -18,7 +18,6 @@ from srcluster.degrade.config import (
 )
 from srcluster.degrade.seeds import sample_seed
 from srcluster.errors import ConfigError
-from helpers.shared import shared_data
 
 TEMPLATES = shared_data("trainner-redux-templates")
 
@@ -71,29 +70,42 @@ def test_misplaced_keys_say_where_they_belong() -> None:
         split_degradation_keys({"datasets": {"train": {"jpeg_range": [30, 95]}}}, "j.yml")
 
 
-@pytest.mark.parametrize(("data", "expected"), [
-    ({"blur_prob": 1.5}, "job.yml: blur_prob: Input should be less than or equal to 1"),
-    ({"gray_noise_prob2": -0.1}, "job.yml: gray_noise_prob2: Input should be greater than or equal to 0"),
-    ({"kernel_prob": [0.5, 0.5]},
-     "job.yml: datasets.train.kernel_prob: has 2 entries but datasets.train.kernel_list has 6"),
-    ({"resize_mode_list2": ["bicubic"]}, "job.yml: resize_mode_prob2: has 4 entries but resize_mode_list2 has 1"),
-    ({"video_codec_list": ["h264", "hevc"]}, "video_codec_prob_list: has 1 entries but video_codec_list has 2"),
-    ({"kernel_range2": [5, 16]}, "job.yml: datasets.train.kernel_range2: kernel sizes must be odd"),
-    ({"final_kernel_range": [4, 17]}, "job.yml: datasets.train.final_kernel_range: kernel sizes must be odd"),
-    ({"jpeg_range": [95, 75]}, "job.yml: jpeg_range: must be [min, max] with min <= max"),
-    ({"blur_sigma": [3, 0.2]}, "job.yml: datasets.train.blur_sigma: must be [min, max]"),
-    ({"jpeg_range2": [0, 95]}, "job.yml: jpeg_range2[0]: Input should be greater than or equal to 1"),
-    ({"resize_prob": [0.5, 0.5]}, "job.yml: resize_prob: List should have at least 3 items"),
-    ({"kernel_list": ["iso", "anso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso"]},
-     "job.yml: datasets.train.kernel_list[1]: unknown blur kernel 'anso' (did you mean 'aniso'?)"),
-    ({"resize_mode_list3": ["bicubic", "cubic", "area", "bilinear"]}, "job.yml: resize_mode_list3[1]: Input should be"),
-    ({"video_codec_list": ["h265"]}, "job.yml: video_codec_list[0]: unknown video codec 'h265' (did you mean 'h264'?)"),
-    ({"video_codec_list": ["mpeg4"], "video_chroma_list": ["444"]}, "video_chroma_list: mpeg4 cannot encode 444"),
-    ({"video_crf_range": [20, 60]}, "job.yml: video_crf_range[1]: Input should be less than or equal to 51"),
-    ({"blur_prop": 0.5}, "job.yml: blur_prop: unknown key (did you mean 'blur_prob'?)"),
-    ({"second_blur_prob": 0.8, "blur_prob2": 0.3}, "job.yml: blur_prob2: given twice"),
-    ({"jpeg_backend": "libjpeg"}, "job.yml: jpeg_backend: Input should be 'auto', 'pil' or 'diffjpeg'"),
-])
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"blur_prob": 1.5}, "job.yml: blur_prob: Input should be less than or equal to 1"),
+        ({"gray_noise_prob2": -0.1}, "job.yml: gray_noise_prob2: Input should be greater than or equal to 0"),
+        (
+            {"kernel_prob": [0.5, 0.5]},
+            "job.yml: datasets.train.kernel_prob: has 2 entries but datasets.train.kernel_list has 6",
+        ),
+        ({"resize_mode_list2": ["bicubic"]}, "job.yml: resize_mode_prob2: has 4 entries but resize_mode_list2 has 1"),
+        ({"video_codec_list": ["h264", "hevc"]}, "video_codec_prob_list: has 1 entries but video_codec_list has 2"),
+        ({"kernel_range2": [5, 16]}, "job.yml: datasets.train.kernel_range2: kernel sizes must be odd"),
+        ({"final_kernel_range": [4, 17]}, "job.yml: datasets.train.final_kernel_range: kernel sizes must be odd"),
+        ({"jpeg_range": [95, 75]}, "job.yml: jpeg_range: must be [min, max] with min <= max"),
+        ({"blur_sigma": [3, 0.2]}, "job.yml: datasets.train.blur_sigma: must be [min, max]"),
+        ({"jpeg_range2": [0, 95]}, "job.yml: jpeg_range2[0]: Input should be greater than or equal to 1"),
+        ({"resize_prob": [0.5, 0.5]}, "job.yml: resize_prob: List should have at least 3 items"),
+        (
+            {"kernel_list": ["iso", "anso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso"]},
+            "job.yml: datasets.train.kernel_list[1]: unknown blur kernel 'anso' (did you mean 'aniso'?)",
+        ),
+        (
+            {"resize_mode_list3": ["bicubic", "cubic", "area", "bilinear"]},
+            "job.yml: resize_mode_list3[1]: Input should be",
+        ),
+        (
+            {"video_codec_list": ["h265"]},
+            "job.yml: video_codec_list[0]: unknown video codec 'h265' (did you mean 'h264'?)",
+        ),
+        ({"video_codec_list": ["mpeg4"], "video_chroma_list": ["444"]}, "video_chroma_list: mpeg4 cannot encode 444"),
+        ({"video_crf_range": [20, 60]}, "job.yml: video_crf_range[1]: Input should be less than or equal to 51"),
+        ({"blur_prop": 0.5}, "job.yml: blur_prop: unknown key (did you mean 'blur_prob'?)"),
+        ({"second_blur_prob": 0.8, "blur_prob2": 0.3}, "job.yml: blur_prob2: given twice"),
+        ({"jpeg_backend": "libjpeg"}, "job.yml: jpeg_backend: Input should be 'auto', 'pil' or 'diffjpeg'"),
+    ],
+)
 def test_bad_configs_are_rejected_naming_the_key(data: dict, expected: str) -> None:
     assert expected in _error(data)
 

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from srcluster.degrade import kernels as K
 from srcluster.degrade.filters import blur, gaussian_kernel1d, thicklines, usm_sharpen
 
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
@@ -30,14 +29,20 @@ def _variances(kernel: torch.Tensor) -> tuple[float, float]:
 
 def test_every_kind_sums_to_one_with_the_requested_size() -> None:
     nan = math.nan
-    rows = [("iso", 7, 1.5, 1.5, 0.0, nan, nan), ("aniso", 13, 3.0, 0.5, 0.7, nan, nan),
-            ("generalized_iso", 9, 1.2, 1.2, 0.0, 0.6, nan), ("generalized_aniso", 15, 2.0, 0.7, -1.0, 3.0, nan),
-            ("plateau_iso", 11, 1.0, 1.0, 0.0, 1.5, nan), ("plateau_aniso", 21, 2.5, 1.0, 2.0, 1.2, nan),
-            ("sinc", 17, nan, nan, nan, nan, 1.1), K.OFF]
+    rows = [
+        ("iso", 7, 1.5, 1.5, 0.0, nan, nan),
+        ("aniso", 13, 3.0, 0.5, 0.7, nan, nan),
+        ("generalized_iso", 9, 1.2, 1.2, 0.0, 0.6, nan),
+        ("generalized_aniso", 15, 2.0, 0.7, -1.0, 3.0, nan),
+        ("plateau_iso", 11, 1.0, 1.0, 0.0, 1.5, nan),
+        ("plateau_aniso", 21, 2.5, 1.0, 2.0, 1.2, nan),
+        ("sinc", 17, nan, nan, nan, nan, 1.1),
+        K.OFF,
+    ]
     kernels = _build(rows)
     assert kernels.shape == (8, 21, 21) and kernels.dtype == torch.float32
     torch.testing.assert_close(kernels.sum((1, 2)), torch.ones(8), rtol=0, atol=1e-5)
-    for kernel, row in zip(kernels, rows):
+    for kernel, row in zip(kernels, rows, strict=True):
         r = row[1] // 2
         outside = kernel.clone()
         outside[10 - r : 11 + r, 10 - r : 11 + r] = 0
@@ -82,8 +87,14 @@ def test_blur_is_basicsr_filter2d_and_lowers_high_frequencies() -> None:
     torch.manual_seed(0)
     x = torch.rand(4, 3, 40, 40)
     nan = math.nan
-    draw = K.KernelDraw.from_rows([("iso", 7, 1.0, 1.0, 0.0, nan, nan), ("aniso", 11, 2.0, 0.5, 0.3, nan, nan),
-                                   ("iso", 21, 3.0, 3.0, 0.0, nan, nan), ("sinc", 9, nan, nan, nan, nan, 1.5)])
+    draw = K.KernelDraw.from_rows(
+        [
+            ("iso", 7, 1.0, 1.0, 0.0, nan, nan),
+            ("aniso", 11, 2.0, 0.5, 0.3, nan, nan),
+            ("iso", 21, 3.0, 3.0, 0.0, nan, nan),
+            ("sinc", 9, nan, nan, nan, nan, 1.5),
+        ]
+    )
     kernels = K.build(draw, 21)
     out = blur(x, kernels, draw.sizes, draw.separable)  # size groups, one of them separable
     padded = F.pad(x, (10, 10, 10, 10), mode="reflect")  # BasicSR filter2D: reflect padding, then correlation

@@ -18,23 +18,51 @@ from srcluster.degrade.seeds import sample_seed
 
 # Real-ESRGAN x4plus's settings in traiNNer-redux's keys, with every optional step switched on some of the time
 EVERYTHING = {
-    "high_order_degradation": True, "lq_usm": True, "thicklines_prob": 0.3,
-    "blur_prob": 1.0, "kernel_range": [7, 21], "sinc_prob": 0.1, "blur_sigma": [0.2, 3],
-    "resize_prob": [0.2, 0.7, 0.1], "resize_range": [0.15, 1.5],
-    "resize_mode_list": ["area", "bilinear", "bicubic", "lanczos", "nearest-exact"], "resize_mode_prob": [1] * 5,
-    "gaussian_noise_prob": 0.5, "noise_range": [1, 30], "poisson_scale_range": [0.05, 3], "gray_noise_prob": 0.4,
+    "high_order_degradation": True,
+    "lq_usm": True,
+    "thicklines_prob": 0.3,
+    "blur_prob": 1.0,
+    "kernel_range": [7, 21],
+    "sinc_prob": 0.1,
+    "blur_sigma": [0.2, 3],
+    "resize_prob": [0.2, 0.7, 0.1],
+    "resize_range": [0.15, 1.5],
+    "resize_mode_list": ["area", "bilinear", "bicubic", "lanczos", "nearest-exact"],
+    "resize_mode_prob": [1] * 5,
+    "gaussian_noise_prob": 0.5,
+    "noise_range": [1, 30],
+    "poisson_scale_range": [0.05, 3],
+    "gray_noise_prob": 0.4,
     "jpeg_range": [30, 95],
-    "second_blur_prob": 0.8, "kernel_range2": [7, 21], "sinc_prob2": 0.1, "blur_sigma2": [0.2, 1.5],
-    "resize_prob2": [0.3, 0.4, 0.3], "resize_range2": [0.3, 1.2],
-    "gaussian_noise_prob2": 0.5, "noise_range2": [1, 25], "poisson_scale_range2": [0.05, 2.5],
-    "gray_noise_prob2": 0.4, "jpeg_range2": [30, 95], "final_sinc_prob": 0.8, "final_kernel_range": [7, 21],
+    "second_blur_prob": 0.8,
+    "kernel_range2": [7, 21],
+    "sinc_prob2": 0.1,
+    "blur_sigma2": [0.2, 1.5],
+    "resize_prob2": [0.3, 0.4, 0.3],
+    "resize_range2": [0.3, 1.2],
+    "gaussian_noise_prob2": 0.5,
+    "noise_range2": [1, 25],
+    "poisson_scale_range2": [0.05, 2.5],
+    "gray_noise_prob2": 0.4,
+    "jpeg_range2": [30, 95],
+    "final_sinc_prob": 0.8,
+    "final_kernel_range": [7, 21],
     # hevc is left out where outputs are compared bit for bit: libx265 itself is not reproducible (see video.py)
-    "video_codec_prob": 0.5, "video_codec_list": ["h264", "mpeg2", "mpeg4"], "video_codec_prob_list": [1, 1, 1],
+    "video_codec_prob": 0.5,
+    "video_codec_list": ["h264", "mpeg2", "mpeg4"],
+    "video_codec_prob_list": [1, 1, 1],
 }
 ALL_CODECS = {"video_codec_list": ["h264", "hevc", "mpeg2", "mpeg4"], "video_codec_prob_list": [1, 1, 1, 1]}
 # only what a test switches on: no blur, resize "keep", no noise, no JPEG, plain final resize
-QUIET = {"high_order_degradation": True, "resize_prob": [0, 0, 1], "resize_prob2": [0, 0, 1], "jpeg_prob": 0,
-         "jpeg_prob2": 0, "resize_mode_list3": ["bicubic"], "resize_mode_prob3": [1]}
+QUIET = {
+    "high_order_degradation": True,
+    "resize_prob": [0, 0, 1],
+    "resize_prob2": [0, 0, 1],
+    "jpeg_prob": 0,
+    "jpeg_prob2": 0,
+    "resize_mode_list3": ["bicubic"],
+    "resize_mode_prob3": [1],
+}
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -76,10 +104,14 @@ def test_same_seeds_give_bit_identical_lr_however_the_batch_is_cut(hr: torch.Ten
 def test_every_path_gives_exactly_the_lr_size(hr: torch.Tensor, scale: int, gt: int) -> None:
     x = hr[:, :, :gt, :gt]
     lq = gt // scale
-    for settings in ({}, {"video_codec_prob": 1.0, **ALL_CODECS}, EVERYTHING,
-                     {**EVERYTHING, "jpeg_backend": "diffjpeg"},
-                     {**EVERYTHING, "resize_prob": [1, 0, 0], "resize_prob2": [0, 1, 0]},
-                     {**EVERYTHING, "resize_prob": [0, 1, 0], "resize_prob2": [0, 0, 1], "resize_range": [0.15, 0.2]}):
+    for settings in (
+        {},
+        {"video_codec_prob": 1.0, **ALL_CODECS},
+        EVERYTHING,
+        {**EVERYTHING, "jpeg_backend": "diffjpeg"},
+        {**EVERYTHING, "resize_prob": [1, 0, 0], "resize_prob2": [0, 1, 0]},
+        {**EVERYTHING, "resize_prob": [0, 1, 0], "resize_prob2": [0, 0, 1], "resize_range": [0.15, 0.2]},
+    ):
         cfg = Degradations.model_validate(settings)
         lr = apply(x, draw(cfg, _seeds(len(x)), scale, gt))
         assert lr.shape == (len(x), 3, lq, lq) and lr.dtype == torch.float32
@@ -92,8 +124,10 @@ def test_without_high_order_degradation_lr_is_matlab_bicubic(hr: torch.Tensor) -
     assert torch.equal(lr, imresize(hr, 1 / 4, kernel="bicubic").clamp(0, 1))
     assert torch.equal(hr, before)  # the HR batch is not modified
     u8 = (hr * 255).round().to(torch.uint8)
-    assert torch.equal(apply(u8, draw(Degradations(), _seeds(8), 4, 64)), apply(u8.float() / 255, draw(
-        Degradations(), _seeds(8), 4, 64)))
+    assert torch.equal(
+        apply(u8, draw(Degradations(), _seeds(8), 4, 64)),
+        apply(u8.float() / 255, draw(Degradations(), _seeds(8), 4, 64)),
+    )
 
 
 def _lr(hr: torch.Tensor, **settings) -> torch.Tensor:

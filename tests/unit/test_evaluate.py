@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from helpers.fake_weights import fake_torch_home
+from helpers.shared import shared_data
+from srcluster.components import archs, perceptual, weights
 from srcluster.errors import SrclusterError
 from srcluster.evaluate import evaluate, format_table
 from srcluster.infer.upscaler import tiled_upscale
-from srcluster.components import archs, perceptual, weights
-from helpers.shared import shared_data
 
 SHARED_DATA = shared_data()
 
@@ -107,7 +107,7 @@ def test_a_model_file_evaluates_and_tiling_does_not_change_the_scores(tmp_path):
     whole = evaluate(str(folder), 2, model=str(model), device="cpu")
     tiled = evaluate(str(folder), 2, model=str(model), tile_size=12, tile_overlap=8, device="cpu")
     assert whole["model"] == str(model)
-    for a, b in zip(whole["images"], tiled["images"]):
+    for a, b in zip(whole["images"], tiled["images"], strict=True):
         assert a["psnr"] == pytest.approx(b["psnr"], abs=1e-3) and a["ssim"] == pytest.approx(b["ssim"], abs=1e-5)
     bicubic = evaluate(str(folder), 2)
     assert whole["mean"]["psnr"] != bicubic["mean"]["psnr"]  # the untrained model is scored, not bicubic
@@ -192,8 +192,9 @@ def test_dists_matches_torchmetrics_with_the_same_backbone(backbones, monkeypatc
     features = load_features("vgg16", backbones)
     monkeypatch.setattr(tm_dists, "vgg16", lambda weights=None: SimpleNamespace(features=features))
     reference = tm_dists.DISTSNetwork(load_weights=False)
-    learned = torch.load(perceptual.torchmetrics_file("dists_models", "weights.pt"), map_location="cpu",
-                         weights_only=True)
+    learned = torch.load(
+        perceptual.torchmetrics_file("dists_models", "weights.pt"), map_location="cpu", weights_only=True
+    )
     reference.alpha.data, reference.beta.data = learned["alpha"], learned["beta"]
     torch.testing.assert_close(ours, reference(sr, hr).flatten(), atol=1e-5, rtol=1e-4)
 

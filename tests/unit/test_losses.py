@@ -1,13 +1,12 @@
 """Losses by traiNNer-redux name: MS-SSIM, HSLuv, VGG perceptual (with test-made VGG19 weights), DISTS."""
 
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from helpers.fake_weights import fake_torch_home
-from srcluster.errors import SrclusterError
 from srcluster.components import losses, perceptual
+from srcluster.errors import SrclusterError
 
 
 def smooth_images(batch=2, channels=3, size=64, noise=0.05, seed=0):
@@ -31,8 +30,16 @@ def weights(torch_home, monkeypatch):
 
 
 def test_traiNNer_redux_loss_names_are_registered():
-    assert {"mssimloss", "perceptualloss", "hsluvloss", "ganloss", "distsloss", "charbonnierloss", "l1loss",
-            "mseloss"} <= set(losses.LOSSES.names())
+    assert {
+        "mssimloss",
+        "perceptualloss",
+        "hsluvloss",
+        "ganloss",
+        "distsloss",
+        "charbonnierloss",
+        "l1loss",
+        "mseloss",
+    } <= set(losses.LOSSES.names())
 
 
 # --- MS-SSIM ----------------------------------------------------------------------------------------------------------
@@ -55,8 +62,13 @@ def test_mssimloss_is_zero_for_identical_images_and_grows_with_noise():
     small, big = loss(sr, hr).item(), loss(smooth_images(batch=1, size=48, noise=0.2)[0], hr).item()
     assert 0 < small < big < 1
     # options traiNNer-redux offers change the value but keep it a loss in [0, 1]
-    for options in ({"is_prod": False}, {"test_y_channel": False}, {"include_luminance": True},
-                    {"color_space": "ycbcr"}, {"downsample": True}):
+    for options in (
+        {"is_prod": False},
+        {"test_y_channel": False},
+        {"include_luminance": True},
+        {"color_space": "ycbcr"},
+        {"downsample": True},
+    ):
         assert 0 < losses.build_loss("mssimloss", **options)(sr, hr).item() < 1
     with pytest.raises(ValueError, match="color_space"):
         losses.build_loss("mssimloss", color_space="lab")
@@ -97,7 +109,7 @@ def as_pixels(colours):
 
 def test_hsluv_conversion_matches_reference_values():
     out = losses.rgb_to_hsluv(as_pixels(list(HSLUV_REFERENCE)))[0, :, 0].T
-    for got, expected in zip(out.tolist(), HSLUV_REFERENCE.values()):
+    for got, expected in zip(out.tolist(), HSLUV_REFERENCE.values(), strict=True):
         assert got == pytest.approx(expected, abs=1e-6)
 
 
@@ -105,10 +117,10 @@ def test_hsluv_conversion_matches_the_hsluv_package_on_random_colours():
     hsluv = pytest.importorskip("hsluv")  # a dev extra
     colours = torch.rand(300, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64).tolist()
     out = losses.rgb_to_hsluv(as_pixels(colours))[0, :, 0].T.tolist()
-    for rgb, (h, s, l) in zip(colours, out):
+    for rgb, (hue, saturation, lightness) in zip(colours, out, strict=True):
         ref_h, ref_s, ref_l = hsluv.rgb_to_hsluv(rgb)
-        assert min(abs(h - ref_h), 360 - abs(h - ref_h)) < 1e-6
-        assert (s, l) == pytest.approx((ref_s, ref_l), abs=1e-6)
+        assert min(abs(hue - ref_h), 360 - abs(hue - ref_h)) < 1e-6
+        assert (saturation, lightness) == pytest.approx((ref_s, ref_l), abs=1e-6)
 
 
 def test_hsluvloss_hand_computed_cases():
@@ -160,8 +172,9 @@ def test_perceptual_loss_without_weights_says_which_file_and_where(tmp_path, mon
 def test_perceptual_loss_rejects_a_file_that_is_not_vgg19(tmp_path, weights):
     torch.save({"features.0.weight": torch.zeros(1), "features.0.bias": torch.zeros(64)}, tmp_path / "shape.pth")
     with pytest.raises(SrclusterError, match=r"not torchvision's vgg19 checkpoint: features\.0\.weight has shape"):
-        losses.build_loss("perceptualloss", layer_weights={"conv1_1": 1.0},
-                          vgg_weights_path=str(tmp_path / "shape.pth"))
+        losses.build_loss(
+            "perceptualloss", layer_weights={"conv1_1": 1.0}, vgg_weights_path=str(tmp_path / "shape.pth")
+        )
     torch.save({"classifier.0.weight": torch.zeros(1)}, tmp_path / "keys.pth")
     with pytest.raises(SrclusterError, match=r"not torchvision's vgg19 checkpoint: it lacks features\.0\.weight"):
         losses.build_loss("perceptualloss", vgg_weights_path=str(tmp_path / "keys.pth"))
@@ -169,8 +182,9 @@ def test_perceptual_loss_rejects_a_file_that_is_not_vgg19(tmp_path, weights):
 
 def conv1_1(x, state, use_input_norm=True):
     if use_input_norm:
-        x = (x - torch.tensor(perceptual.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
-            perceptual.IMAGENET_STD).view(1, 3, 1, 1)
+        x = (x - torch.tensor(perceptual.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(perceptual.IMAGENET_STD).view(
+            1, 3, 1, 1
+        )
     # traiNNer-redux pads the first conv by replicating the border
     return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), state["features.0.weight"], state["features.0.bias"])
 
@@ -179,10 +193,14 @@ def conv1_1(x, state, use_input_norm=True):
 def test_perceptual_loss_equals_hand_computed_first_layer_distance(weights, use_input_norm):
     state = torch.load(weights / perceptual.HUB_FILES["vgg19"], weights_only=True)
     sr, hr = smooth_images(size=16)
-    for criterion, distance in (("l1", lambda d: d.abs()), ("l2", lambda d: d**2),
-                                ("charbonnier", lambda d: torch.sqrt(d**2 + 1e-12))):
-        loss = losses.build_loss("perceptualloss", layer_weights={"conv1_1": 0.5}, criterion=criterion,
-                                 use_input_norm=use_input_norm)
+    for criterion, distance in (
+        ("l1", lambda d: d.abs()),
+        ("l2", lambda d: d**2),
+        ("charbonnier", lambda d: torch.sqrt(d**2 + 1e-12)),
+    ):
+        loss = losses.build_loss(
+            "perceptualloss", layer_weights={"conv1_1": 0.5}, criterion=criterion, use_input_norm=use_input_norm
+        )
         expected = 0.5 * distance(conv1_1(sr, state, use_input_norm) - conv1_1(hr, state, use_input_norm)).mean()
         assert loss(sr, hr).item() == pytest.approx(expected.item(), rel=1e-5)
         assert len(loss.vgg.body) == 1  # only the layers up to the deepest one asked for are built
@@ -226,8 +244,9 @@ def test_pd_distance_hand_computed():
 def test_perceptual_loss_reads_weights_from_an_explicit_path(weights, tmp_path, monkeypatch):
     (tmp_path / "vgg.pth").write_bytes((weights / perceptual.HUB_FILES["vgg19"]).read_bytes())
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
-    loss = losses.build_loss("perceptualloss", layer_weights={"relu2_1": 1.0},
-                             vgg_weights_path=str(tmp_path / "vgg.pth"))
+    loss = losses.build_loss(
+        "perceptualloss", layer_weights={"relu2_1": 1.0}, vgg_weights_path=str(tmp_path / "vgg.pth")
+    )
     sr, hr = smooth_images(size=16)
     assert loss(sr, hr).item() > 0
 

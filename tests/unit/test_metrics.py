@@ -75,7 +75,7 @@ def test_crop_border_ignores_the_border() -> None:
     assert bool(torch.isfinite(psnr(a, b, crop_border=2)).all())
     assert bool(torch.isinf(psnr(a, b, crop_border=3)).all())
     assert ssim(a, b, crop_border=3).tolist() == pytest.approx([1.0, 1.0], abs=1e-12)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="leaves nothing"):
         psnr(a, b, crop_border=20)
 
 

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from srcluster.degrade.resize import KERNELS, bicubic_downscale, imresize
-from srcluster.components.metrics import psnr, quantize, ssim
 from helpers.shared import shared_data
+from srcluster.components.metrics import psnr, quantize, ssim
+from srcluster.degrade.resize import KERNELS, bicubic_downscale, imresize
 
 DATA = shared_data()
 SETS = ("Set5", "Set14")
@@ -79,7 +79,7 @@ REIMPLEMENTATION = {
 }
 
 
-@pytest.mark.parametrize("set_name,scale", sorted(REIMPLEMENTATION))
+@pytest.mark.parametrize(("set_name", "scale"), sorted(REIMPLEMENTATION))
 def test_bicubic_upscale_baseline(benchmark, set_name: str, scale: int) -> None:
     """Upscale MATLAB's LR with our bicubic, save as 8-bit, and score on Y with crop_border = scale."""
     p_vals, s_vals = [], []
@@ -101,7 +101,7 @@ def test_bicubic_upscale_baseline(benchmark, set_name: str, scale: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "scale,expected",
+    ("scale", "expected"),
     [(0.5, (19, 27)), (1 / 3, (13, 18)), (0.25, (10, 14)), (2, (74, 106)), (3, (111, 159)), (1.5, (56, 80))],
 )
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
@@ -138,7 +138,7 @@ def test_size_argument() -> None:
 
 def test_argument_errors() -> None:
     x = torch.rand(1, 3, 8, 8)
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ValueError, match="unknown resize kernel 'spline'") as info:
         imresize(x, 2, kernel="spline")
     for name in KERNELS:
         assert name in str(info.value)

@@ -9,7 +9,9 @@ import torch
 from srcluster.config import parse_job
 from srcluster.errors import SrclusterError
 from srcluster.components import archs, losses, weights
-from srcluster.train.loop import EMA, build_stage, train_step
+from srcluster.components.optim import EMA
+from srcluster.train.state import build_stage
+from srcluster.train.step import train_step
 
 
 def job(**overrides):
@@ -169,7 +171,7 @@ def test_exported_generator_loads_in_spandrel(tmp_path):
 
 
 def test_non_finite_steps_are_skipped_and_stop_the_run_after_patience():
-    from srcluster.train.loop import NonFiniteLossError, check_finite
+    from srcluster.train.step import NonFiniteLossError, check_finite
 
     stage = build_stage(job(train={"total_iter": 10, "ema_decay": 0.9, "losses": [{"type": "charbonnierloss"}],
                                    "optim_g": {"lr": 1e30}}), torch.device("cpu"))
@@ -270,7 +272,7 @@ def test_checkpoint_files_are_read_whole_from_storage_by_each_rank(stack, tmp_pa
     from ray.train import Checkpoint
 
     from srcluster.storage import StorageSettings
-    from srcluster.train.loop import GENERATOR_FILE, STATE_FILE, checkpoint_file, load_state_file
+    from srcluster.train.state import GENERATOR_FILE, STATE_FILE, checkpoint_file, load_state_file
 
     state = {"iteration": 7, "w": torch.arange(50_000, dtype=torch.float32)}
     raw = io.BytesIO()
