@@ -8,8 +8,15 @@ default:
 demo:
     srcluster demo
 
-# the whole test suite (starts its own S3, MLflow and Ray on free ports)
-test *ARGS:
+# static checks: layers (import-linter), lint and format (ruff), types (basedpyright); settings in pyproject.toml
+lint:
+    lint-imports
+    ruff check .
+    ruff format --check .
+    basedpyright
+
+# the static checks, then the whole test suite (starts its own S3, MLflow and Ray on free ports)
+test *ARGS: lint
     python -m pytest {{ARGS}}
 
 # start the local SeaweedFS S3 + MLflow servers on 127.0.0.1

@@ -15,9 +15,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from rich.console import Console
+from rich.table import Table
 
 from srcluster.components.metrics import quantize
 from srcluster.components.perceptual import METRICS, Y_CHANNEL_METRICS, Metric, build_metric
+from srcluster.data.stream import iter_images
 from srcluster.degrade.resize import bicubic_downscale
 from srcluster.errors import SrclusterError
 from srcluster.infer.upscaler import Network, bicubic_upscaler, load_model, tiled_upscale
@@ -46,8 +49,6 @@ def evaluate(
     Returns {"hr_dir", "scale", "model", "test_y_channel", "metrics": {name: "higher"|"lower"},
     "images": [{"name", "size": [h, w], <metric>: value, ...}], "mean": {<metric>: value}}.
     """
-    from srcluster.data.stream import iter_images
-
     names = [m.removeprefix("calculate_").lower() for m in metrics]
     for name in names:
         try:
@@ -90,9 +91,6 @@ def evaluate(
 
 def format_table(result: dict[str, Any]) -> str:
     """The per-image values and their mean as a rich table, under a line saying what was scored."""
-    from rich.console import Console
-    from rich.table import Table
-
     better = result["metrics"]
     table = Table()
     table.add_column("image")

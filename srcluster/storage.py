@@ -1,14 +1,14 @@
 """The one place that knows how to reach object storage.
 
-Everything that touches S3 (shard writer and reader, Ray Train's checkpoint storage, the MLflow server, boto3 checks) asks
-this module for its settings, so an endpoint or a credential is configured once and used the same way everywhere.
+Everything that touches S3 (shard writer and reader, Ray Train's checkpoint storage, the MLflow server, boto3 checks)
+asks this module for its settings, so an endpoint or a credential is configured once and used the same way everywhere.
 
 Resolution order
     endpoint     explicit argument (job config) > AWS_ENDPOINT_URL_S3 > AWS_ENDPOINT_URL > the local stack's S3 server
                  (if `srcluster stack up` is running) > AWS's default endpoint
     credentials  AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY > a named profile (argument or AWS_PROFILE) in the shared
-                 credentials file > the local stack's `$SRCLUSTER_HOME/credentials` when the endpoint is the local stack >
-                 botocore's default chain (instance roles, SSO, ...)
+                 credentials file > the local stack's `$SRCLUSTER_HOME/credentials` when the endpoint is the local
+                 stack > botocore's default chain (instance roles, SSO, ...)
 
 Secrets are held only in memory: `repr`, `describe()` and `public_env()` never contain them. Other processes (Ray
 workers, submitted jobs) get `public_env()` and resolve the secret themselves from their own environment or files.
@@ -20,13 +20,18 @@ import configparser
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
+
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
 from srcluster import home
 from srcluster.errors import StorageError
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
 
 DEFAULT_REGION = "us-east-1"
 
@@ -93,11 +98,15 @@ class StorageSettings:
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
         profile = profile or env.get("AWS_PROFILE")
         shared_file = env.get("AWS_SHARED_CREDENTIALS_FILE")
-        common = dict(endpoint_url=endpoint, region=region, profile=profile, credentials_file=shared_file)
+        common = cls(endpoint_url=endpoint, region=region, profile=profile, credentials_file=shared_file)
 
         if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-            return cls(**common, credential_source="environment (AWS_ACCESS_KEY_ID)",
-                       access_key=env["AWS_ACCESS_KEY_ID"], secret_key=env["AWS_SECRET_ACCESS_KEY"])
+            return replace(
+                common,
+                credential_source="environment (AWS_ACCESS_KEY_ID)",
+                access_key=env["AWS_ACCESS_KEY_ID"],
+                secret_key=env["AWS_SECRET_ACCESS_KEY"],
+            )
         if profile:
             candidates = [Path(shared_file or Path.home() / ".aws" / "credentials")]
             if profile == home.LOCAL_PROFILE:
@@ -106,26 +115,39 @@ class StorageSettings:
                 found = read_profile(path, profile)
                 if found:
                     # remember the file: botocore reads AWS_PROFILE itself and must find the profile there too
-                    return cls(**{**common, "credentials_file": str(path)},
-                               credential_source=f"profile [{profile}] in {path}",
-                               access_key=found[0], secret_key=found[1])
+                    return replace(
+                        common,
+                        credentials_file=str(path),
+                        credential_source=f"profile [{profile}] in {path}",
+                        access_key=found[0],
+                        secret_key=found[1],
+                    )
             raise StorageError(f"AWS profile [{profile}] not found in {', '.join(map(str, candidates))}")
         if endpoint and endpoint == stack_endpoint:
             found = read_profile(home.credentials_path(), home.LOCAL_PROFILE)
             if found:
-                return cls(**common, credential_source=f"local stack ({home.credentials_path()})",
-                           access_key=found[0], secret_key=found[1])
-        return cls(**common)
+                return replace(
+                    common,
+                    credential_source=f"local stack ({home.credentials_path()})",
+                    access_key=found[0],
+                    secret_key=found[1],
+                )
+        return common
 
     # --- what each client needs -----------------------------------------------------------------------------------
 
     def botocore_config(self, connect_timeout: float = 10, read_timeout: float = 60, attempts: int = 8) -> dict:
-        return {"connect_timeout": connect_timeout, "read_timeout": read_timeout,
-                "retries": {"max_attempts": attempts, "mode": "standard"}}
+        return {
+            "connect_timeout": connect_timeout,
+            "read_timeout": read_timeout,
+            "retries": {"max_attempts": attempts, "mode": "standard"},
+        }
 
     def s3fs_kwargs(self, **config: Any) -> dict:
-        kwargs: dict[str, Any] = {"client_kwargs": {"region_name": self.region},
-                                  "config_kwargs": self.botocore_config(**config)}
+        kwargs: dict[str, Any] = {
+            "client_kwargs": {"region_name": self.region},
+            "config_kwargs": self.botocore_config(**config),
+        }
         if self.endpoint_url:
             kwargs["endpoint_url"] = self.endpoint_url
         if self.access_key:
@@ -133,15 +155,17 @@ class StorageSettings:
         elif self.profile:
             kwargs["profile"] = self.profile
         if self.credentials_file:
-            from aiobotocore.session import AioSession
+            from aiobotocore.session import AioSession  # ~0.9 s: only where s3fs needs a session of its own
 
             session = AioSession()
             session.set_config_variable("credentials_file", self.credentials_file)
             kwargs["session"] = session
         return kwargs
 
-    def filesystem(self, url: str, **config: Any):
+    def filesystem(self, url: str, **config: Any) -> tuple[AbstractFileSystem, str]:
         """(fsspec filesystem, path inside it) for any URL: s3://, file://, a plain local path, memory://, ..."""
+        # the job loader and the launchers import this module: the S3 client libraries (0.2-0.9 s each) load only
+        # where a client is made
         import fsspec
 
         if is_s3(url):
@@ -153,21 +177,25 @@ class StorageSettings:
         return fs, path
 
     def boto3_client(self, **config: Any):
-        import boto3
+        # boto3 (~0.4 s) loads only where a client is made: the job loader and the launchers import this module
         import botocore.session
+        from boto3.session import Session
         from botocore.config import Config
 
         core = botocore.session.Session()
         if self.credentials_file:
             core.set_config_variable("credentials_file", self.credentials_file)
-        session = boto3.session.Session(
-            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key, region_name=self.region,
-            profile_name=None if self.access_key else self.profile, botocore_session=core,
+        session = Session(
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            profile_name=None if self.access_key else self.profile,
+            botocore_session=core,
         )
         return session.client("s3", endpoint_url=self.endpoint_url, config=Config(**self.botocore_config(**config)))
 
     def pyarrow_filesystem(self):
-        from pyarrow import fs as pafs
+        from pyarrow import fs as pafs  # ~0.4 s, only for Ray Train's checkpoint storage
 
         kwargs: dict[str, Any] = {"region": self.region}
         if self.endpoint_url:
@@ -202,13 +230,15 @@ class StorageSettings:
     def secret_env(self) -> dict[str, str]:
         """public_env plus the keys: only for a child process we start ourselves (the MLflow server)."""
         env = self.public_env()
-        if self.access_key:
+        if self.access_key and self.secret_key:
             env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = self.access_key, self.secret_key
         return env
 
     def describe(self) -> str:
-        return (f"endpoint {self.endpoint_url or 'AWS default'}, region {self.region}, "
-                f"credentials from {self.credential_source} (key {mask(self.access_key)})")
+        return (
+            f"endpoint {self.endpoint_url or 'AWS default'}, region {self.region}, "
+            f"credentials from {self.credential_source} (key {mask(self.access_key)})"
+        )
 
     # --- checks -------------------------------------------------------------------------------------------------------
 
@@ -220,16 +250,16 @@ class StorageSettings:
             if parent is None or not os.access(parent, os.W_OK | os.R_OK):
                 raise StorageError(f"local path {path} is not readable and writable")
             return
-        from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
-
         bucket, _ = split_s3(url)
         endpoint = self.endpoint_url or "AWS S3"
         client = self.boto3_client(connect_timeout=3, read_timeout=10, attempts=2)
         try:
             client.head_bucket(Bucket=bucket)
         except NoCredentialsError:
-            raise StorageError(f"no S3 credentials for {url} at {endpoint}: set AWS_ACCESS_KEY_ID and "
-                               "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE") from None
+            raise StorageError(
+                f"no S3 credentials for {url} at {endpoint}: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+            ) from None
         except EndpointConnectionError:
             hint = " (start it with `srcluster stack up`)" if self.endpoint_url == local_stack_endpoint() else ""
             raise StorageError(f"cannot reach S3 endpoint {endpoint} for {url}{hint}") from None
@@ -239,10 +269,14 @@ class StorageSettings:
                 if create_bucket:
                     client.create_bucket(Bucket=bucket)
                     return
-                raise StorageError(f"bucket '{bucket}' does not exist at {endpoint} (for {url}); create it first") from None
+                raise StorageError(
+                    f"bucket '{bucket}' does not exist at {endpoint} (for {url}); create it first"
+                ) from None
             if code in ("403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden"):
-                raise StorageError(f"S3 at {endpoint} rejected the credentials for bucket '{bucket}' "
-                                   f"(key {mask(self.access_key)} from {self.credential_source})") from None
+                raise StorageError(
+                    f"S3 at {endpoint} rejected the credentials for bucket '{bucket}' "
+                    f"(key {mask(self.access_key)} from {self.credential_source})"
+                ) from None
             raise StorageError(f"S3 at {endpoint} answered {code} for bucket '{bucket}'") from None
         except BotoCoreError as exc:
             raise StorageError(f"S3 request to {endpoint} for {url} failed: {exc.__class__.__name__}") from None

@@ -12,6 +12,12 @@ from __future__ import annotations
 import posixpath
 from pathlib import Path
 
+from PIL import Image
+from tqdm import tqdm
+
+from srcluster.data.images import ImageError, decode_rgb
+from srcluster.data.remote import read_bytes
+from srcluster.data.sources import list_image_files
 from srcluster.errors import SrclusterError
 from srcluster.infer.upscaler import load_upscaler, upscale_array
 
@@ -34,13 +40,6 @@ def upscale_files(
 ) -> list[Path]:
     """Upscale every image of `inputs` (files or folders, any fsspec URL) into PNGs under `out`, keeping each
     folder's relative paths; `out` ending in .png names the output of a single input file."""
-    from PIL import Image
-    from tqdm import tqdm
-
-    from srcluster.data.images import ImageError, decode_rgb
-    from srcluster.data.remote import read_bytes
-    from srcluster.data.sources import list_image_files
-
     if tile < 0 or overlap < 0:
         raise SrclusterError("--tile and --tile-overlap must be >= 0")
     files = [f for source in inputs for f in list_image_files(source)]

@@ -1,8 +1,9 @@
 """The `srcluster` command. Each subcommand is a thin shell over one module; user errors print as one line."""
 
-# Each module below registers one command group: `register(subparsers)` adds its commands, and each `cmd_*` handler
-# imports the domain modules it needs inside itself. That is the command boundary: building the parser (and so
-# `srcluster --help`, or a typo) never pays for torch, ray or mlflow, only the command that runs does.
+# Each module below registers one command group: `register(subparsers)` adds its commands. A `cmd_*` handler imports
+# inside itself the domain modules that import torch or ray; the others import those and mlflow only where they call
+# them. That is the command boundary: building the parser (and so `srcluster --help`, or a typo) never pays for torch,
+# ray or mlflow, only the command that runs does.
 
 from __future__ import annotations
 

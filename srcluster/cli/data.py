@@ -9,12 +9,13 @@ import re
 from rich.markup import escape
 
 from srcluster.cli.output import console
+from srcluster.data.build import TileSettings, build_shards
+from srcluster.data.sample import build_sample_dataset
+from srcluster.data.shards import stats, verify
 from srcluster.errors import SrclusterError
 
 
 def cmd_data_sample(args: argparse.Namespace) -> int:
-    from srcluster.data.sample import build_sample_dataset
-
     summary = build_sample_dataset(args.train, args.val, tile=args.tile)
     console.print(
         f"{summary['tiles']} HR tiles in {summary['shards']} shards at {args.train}; "
@@ -34,8 +35,6 @@ def parse_size(text: str) -> int:
 
 
 def cmd_shards_build(args: argparse.Namespace) -> int:
-    from srcluster.data.build import TileSettings, build_shards
-
     if len(args.paths) < 2:
         raise SrclusterError("give at least one SRC folder and the DEST: srcluster shards build SRC... DEST")
     *sources, dest = args.paths
@@ -90,8 +89,6 @@ def cmd_shards_build(args: argparse.Namespace) -> int:
 
 
 def cmd_shards_verify(args: argparse.Namespace) -> int:
-    from srcluster.data.shards import verify
-
     result = verify(args.dest)
     for problem in result.problems:
         console.print(f"[red]bad[/] {escape(problem)}", highlight=False, soft_wrap=True)
@@ -107,8 +104,6 @@ def cmd_shards_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_shards_stats(args: argparse.Namespace) -> int:
-    from srcluster.data.shards import stats
-
     info = stats(args.dest)
     if args.json:
         print(json.dumps(info, indent=2))

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 
 from srcluster.cli.output import console
+from srcluster.config import read_yaml
+from srcluster.degrade.config import parse_degradations, split_degradation_keys
 from srcluster.errors import SrclusterError
 
 
 def cmd_degrade_preview(args: argparse.Namespace) -> int:
-    from srcluster.config import read_yaml
-    from srcluster.degrade.config import parse_degradations, split_degradation_keys
-    from srcluster.degrade.preview import preview
+    from srcluster.degrade.preview import preview  # imports torch: only this command pays for it
 
     data = read_yaml(args.job)
     if not isinstance(data, dict):

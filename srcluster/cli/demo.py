@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 
 from srcluster.cli.output import console
+from srcluster.recipes.demo import run_demo
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from srcluster.recipes.demo import run_demo
-
     run_demo(console)
     return 0
 

@@ -7,7 +7,7 @@ import json
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from srcluster.evaluate import evaluate, format_table
+    from srcluster.evaluate import evaluate, format_table  # imports torch: only this command pays for it
 
     result = evaluate(
         args.hr,

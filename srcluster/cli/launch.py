@@ -11,11 +11,11 @@ from rich.markup import escape
 
 from srcluster.cli.output import console, err_console, warn
 from srcluster.errors import SrclusterError
+from srcluster.launch.render import K8sOptions, SlurmOptions, render_k8s, render_slurm
+from srcluster.launch.submit import call, connect, follow, parse_env, resolve_address, submit
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from srcluster.launch.submit import parse_env, resolve_address, submit
-
     address = resolve_address(args.address)
     client, job_id = submit(args.job, address, pip=args.pip, env=parse_env(args.env), fresh=args.fresh)
     print(job_id, flush=True)
@@ -30,8 +30,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def follow_logs(client, job_id: str) -> str:
-    from srcluster.launch.submit import follow
-
     try:
         return follow(client, job_id)
     except KeyboardInterrupt:
@@ -46,8 +44,6 @@ def report(job_id: str, status: str) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from srcluster.launch.submit import call, connect, resolve_address
-
     if args.action != "list" and not args.job_id:
         raise_missing(args.action)
     address = resolve_address(args.address)
@@ -97,9 +93,6 @@ def write(text: str, output: str | None) -> None:
 
 
 def cmd_render_slurm(args: argparse.Namespace) -> int:
-    from srcluster.launch.render import SlurmOptions, render_slurm
-    from srcluster.launch.submit import parse_env
-
     text, warnings = render_slurm(
         args.job,
         SlurmOptions(
@@ -125,9 +118,6 @@ def cmd_render_slurm(args: argparse.Namespace) -> int:
 
 
 def cmd_render_k8s(args: argparse.Namespace) -> int:
-    from srcluster.launch.render import K8sOptions, render_k8s
-    from srcluster.launch.submit import parse_env
-
     text, warnings = render_k8s(
         args.job,
         K8sOptions(

@@ -5,20 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 
+from srcluster.tracking.lineage import chain, format_chain
+from srcluster.tracking.models import set_alias
+from srcluster.tracking.tracker import Tracker
+
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from srcluster.tracking.models import set_alias
-    from srcluster.tracking.tracker import Tracker
-
     set_alias(Tracker(args.tracking_uri), args.name, args.version, args.alias, reason=args.reason)
     print(f"models:/{args.name}@{args.alias} -> version {args.version}")
     return 0
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from srcluster.tracking.lineage import chain, format_chain
-    from srcluster.tracking.tracker import Tracker
-
     entries = chain(Tracker(args.tracking_uri), args.model)
     print(json.dumps(entries, indent=2) if args.json else format_chain(entries))
     return 0

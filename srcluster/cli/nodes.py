@@ -11,10 +11,10 @@ import argparse
 import os
 import sys
 
+from srcluster.launch.nodes import wait
+
 
 def cmd_wait_nodes(args: argparse.Namespace) -> int:
-    from srcluster.launch.nodes import wait
-
     return wait(args.expect, args.timeout, args.address, [int(pid) for pid in args.pids.split()])
 
 

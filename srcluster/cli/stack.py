@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from srcluster import stack
 from srcluster.cli.output import console
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
-    from srcluster import stack
-
     if args.action == "up":
         for service in stack.up().values():
             console.print(f"{service.name:7s} {service.url}  (pid {service.pid})")

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 
 from srcluster.cli.output import console
+from srcluster.tracking.tracker import sync_spool
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from srcluster.tracking.tracker import sync_spool
-
     sent, waiting = sync_spool(args.tracking_uri)
     console.print(
         f"delivered {sent} spooled tracking call(s)" + (f"; {waiting} still waiting (server down?)" if waiting else "")

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
+import yaml
+
 from srcluster.cli.output import console, warn
+from srcluster.config import load_job
+from srcluster.recipes.pipeline import format_plan, load_recipe, plan, run_recipe
+from srcluster.train.stage import run_stage
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    import yaml
-
-    from srcluster.config import load_job
-
     job = load_job(args.job)
     resolved = job.model_dump(mode="json")
     if args.json:
@@ -37,9 +38,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from srcluster.config import load_job
-    from srcluster.train.stage import run_stage
-
     job = load_job(args.job)
     warn(job.warnings)
     result = run_stage(job, fresh=args.fresh)
@@ -53,8 +51,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    from srcluster.recipes.pipeline import format_plan, load_recipe, plan, run_recipe
-
     recipe = load_recipe(args.recipe)
     if args.plan:
         stages = plan(recipe)

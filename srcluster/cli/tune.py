@@ -5,23 +5,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from srcluster.cli.output import console
+from srcluster.cli.output import console, warn
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from srcluster.tune.report import trial_table
-    from srcluster.tune.run import run_search
+    # the search modules import ray and torch: only this command pays for them, and `--check` only for the file's
     from srcluster.tune.space import load_search
 
     search = load_search(args.search)
-    for warning in search.base_job.warnings:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True, markup=False)
+    warn(search.base_job.warnings, to=console)
     if args.check:
         console.print(
             f"{search.name}: {len(search.dists)} searched keys, objective {search.metric} ({search.mode}), "
             f"{search.spec.num_samples} trials of {search.workers} worker(s): ok"
         )
         return 0
+    from srcluster.tune.report import trial_table
+    from srcluster.tune.run import run_search
+
     outcome = run_search(
         search,
         output_dir=Path(args.output) if args.output else None,

@@ -6,7 +6,7 @@ import argparse
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    from srcluster.upscale import upscale_files
+    from srcluster.upscale import upscale_files  # imports torch: only this command pays for it
 
     written = upscale_files(
         args.model,

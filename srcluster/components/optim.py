@@ -21,7 +21,7 @@ def build_optimizer(params, spec: OptimizerSpec) -> torch.optim.Optimizer:
     return OPTIMIZERS[spec.type](params, lr=spec.lr, weight_decay=spec.weight_decay, betas=tuple(spec.betas))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, spec: SchedulerSpec) -> torch.optim.lr_scheduler.LRScheduler:
+def build_scheduler(optimizer: torch.optim.Optimizer, spec: SchedulerSpec) -> torch.optim.lr_scheduler.LambdaLR:
     """The configured schedule, with traiNNer-redux's linear warmup over `warmup_iter` in front of it."""
     warmup, total = spec.warmup_iter, spec.total_iter
     if spec.type == "MultiStepLR":
@@ -81,7 +81,8 @@ class EMA:
     def update(self, net: nn.Module) -> None:
         self.step += 1
         decay = self.current_decay()
-        ema_params = list(self.net.parameters())
-        torch._foreach_lerp_(ema_params, [p.detach() for p in net.parameters()], 1 - decay)
+        ema_params: list[torch.Tensor] = list(self.net.parameters())
+        # the multi-tensor lerp torch.optim's own EMA (swa_utils) uses: one kernel launch per step, not one per tensor
+        torch._foreach_lerp_(ema_params, [p.detach() for p in net.parameters()], 1 - decay)  # pyright: ignore[reportPrivateImportUsage]  # no public name for it
         for ema_buffer, buffer in zip(self.net.buffers(), net.buffers(), strict=False):
             ema_buffer.copy_(buffer)

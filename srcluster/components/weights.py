@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import cast
 
 import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 from torch import nn
 
 from srcluster.errors import SrclusterError
@@ -50,8 +52,6 @@ def read_state_dict(source: str, param_key: str | None = None) -> dict[str, torc
     except FileNotFoundError:
         raise SrclusterError(f"pretrain {source} does not exist") from None
     if path.endswith(".safetensors"):
-        from safetensors.torch import load as load_safetensors
-
         return load_safetensors(data)
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -103,8 +103,6 @@ def load_pretrain(
 
 def export_generator(net: nn.Module, path: Path) -> Path:
     """Save a plain state dict as safetensors: spandrel's ModelLoader recognises the architecture from it."""
-    from safetensors.torch import save_file
-
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     save_file(state, str(path))
     return path

@@ -21,7 +21,7 @@ import multiprocessing
 import os
 import re
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
@@ -251,7 +251,7 @@ def _encode_item(item: Item, settings: TileSettings, pool: ProcessPoolExecutor |
     return pool.submit(encode_source, *args).result() if pool else encode_source(*args)
 
 
-def _encoded_in_order(items: list[Item], settings: TileSettings, workers: int) -> Iterator[Encoded]:
+def _encoded_in_order(items: list[Item], settings: TileSettings, workers: int) -> Generator[Encoded, None, None]:
     """Encoded items in input order, `workers` processes encoding, a bounded window of items in flight."""
     if workers == 0:
         for item in items:

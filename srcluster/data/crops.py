@@ -13,7 +13,7 @@ import torch
 
 from srcluster.data.images import decode, to_rgb8
 from srcluster.degrade.config import Degradations
-from srcluster.degrade.pipeline import apply, draw
+from srcluster.degrade.pipeline import Plan, apply, draw
 
 
 def shuffled(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
@@ -122,6 +122,7 @@ class Batch:
         self.with_keys = with_keys
         self.keys: list[str] = []
         self.seeds: list[int] = []
+        self.plan: Plan | None = None  # the drawn degradations, when the training step applies them
         self.size, self.count = size, 0
 
     def add(self, patches: list[np.ndarray], key: str, seed: int) -> None:
@@ -137,7 +138,7 @@ class Batch:
         hr = self.tensors[0]
         plan = draw(cfg, self.seeds, scale, hr.shape[-1])
         if not apply_here:
-            self.tensors.append(plan)
+            self.plan = plan
             return
         lr = torch.empty((hr.shape[0], 3, plan.lq_size, plan.lq_size), dtype=torch.uint8)
         if self.shared:
@@ -146,4 +147,5 @@ class Batch:
         self.tensors.append(lr)
 
     def output(self, counts: torch.Tensor) -> tuple:
-        return (*self.tensors, *([self.keys] if self.with_keys else []), counts)
+        plan = [self.plan] if self.plan is not None else []
+        return (*self.tensors, *plan, *([self.keys] if self.with_keys else []), counts)

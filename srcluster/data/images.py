@@ -42,8 +42,9 @@ cv2.setNumThreads(1)  # one image per worker process at a time: OpenCV's own thr
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 # Refused from the header: PIL's own bound for opening an image (~179 MP, e.g. 16000 x 11000), applied to every
-# decoder. PIL's warning for half that is replaced by this check.
-MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
+# decoder. PIL's warning for half that is replaced by this check. (PIL's setting is None only where a program turned
+# its check off; this bound then stays at PIL's default.)
+MAX_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 1024 * 1024 * 1024 // 4 // 3)
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 ORIENTATION_TAG = 0x0112
 

@@ -131,9 +131,11 @@ def reader_filesystem(url: str):
 def read_bytes(url: str) -> bytes:
     """The whole object at `url`, with retries where it is remote."""
     fs, path = reader_filesystem(url)
-    if not is_remote(fs):
-        return fs.cat_file(path)
-    return retrying(lambda: fs.cat_file(path), f"reading {url}")
+
+    def read() -> bytes:
+        return fs.cat_file(path)  # pyright: ignore[reportReturnType]  # fsspec reads "rb": always bytes
+
+    return read() if not is_remote(fs) else retrying(read, f"reading {url}")
 
 
 _EOF = object()

@@ -287,7 +287,7 @@ class ShardSetWriter:
         if self._tar is None:
             name = f"shard-{len(self.shards):06d}.tar"
             self._local = os.path.join(self._workdir.name, name)
-            self._tar = tarfile.open(self._local, "w")
+            self._tar = tarfile.open(self._local, "w")  # noqa: SIM115  # open across add() calls; _finish_shard closes it
             self.shards.append({"name": name})
             self._count, self._estimate, self._keys = 0, 1024, []  # 1024: the end-of-archive blocks
         for sample in samples:

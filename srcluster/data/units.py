@@ -48,8 +48,8 @@ def is_shard_set(url: str) -> bool:
         raise StorageError(f"cannot read {url}: {exc}") from None
 
 
-def _as_list(urls: str | list[str] | None) -> list[str] | None:
-    return None if urls is None else [urls] if isinstance(urls, str) else list(urls)
+def _as_list(urls: str | list[str]) -> list[str]:
+    return [urls] if isinstance(urls, str) else list(urls)
 
 
 def shard_units(gt: str, lq: str | None, scale: int) -> list[Unit]:
@@ -102,7 +102,7 @@ def resolve_units(
 
     Images left out for want of a partner are counted in `unpaired["unpaired"]`.
     """
-    gts, lqs = _as_list(gt), _as_list(lq)
+    gts, lqs = _as_list(gt), (_as_list(lq) if lq is not None else None)
     if lqs is not None and len(lqs) != len(gts):
         raise SrclusterError(f"dataroot_lq has {len(lqs)} entries but dataroot_gt has {len(gts)}: give one each")
     unpaired = Counter() if unpaired is None else unpaired
@@ -149,7 +149,7 @@ class Tally:
 def _warn_sometimes(count: int, msg: str, *args: Any) -> None:
     """Log on the 1st, 2nd, 4th, 8th ... occurrence: visible, but no flood from a dataset full of small images."""
     if count & (count - 1) == 0:
-        log.warning(msg + " (%d so far in this worker)", *args, count)
+        log.warning("%s (%d so far in this worker)", msg % args, count)
 
 
 class EncodedSample(NamedTuple):
@@ -176,7 +176,7 @@ def read_unit(unit: Unit, paired: bool, tally: Tally, totals: Counter) -> Iterat
     seen = 0
     try:
         with open_for_reading(unit.url) as stream:  # closed with the shard, which ends its read-ahead thread
-            key, members = None, {}
+            key, members = "", {}  # the sample being gathered: a sample's members are consecutive in the tar
             for name, data in iter_tar(stream):
                 member_key, suffix = split_member(name)
                 if member_key != key:

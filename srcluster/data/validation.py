@@ -76,4 +76,5 @@ def iter_pairs(
     """(name, HR uint8 3 x H x W, LR uint8 3 x H/scale x W/scale) for a paired validation set: folders paired by
     relative path and stem, or a shard set built with LR (then `lq` is its own URL). Split over ranks as iter_images."""
     for name, hr, lr in _validation(gt, lq, scale, rank, world_size):
+        assert lr is not None  # with `lq` given, samples without an LR partner are left out before this
         yield name, _to_tensor(hr), _to_tensor(lr)

@@ -54,7 +54,7 @@ UpDownKeep = Annotated[list[Probability], Field(min_length=3, max_length=3)]
 
 KERNEL_TYPES = ["iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso"]
 KERNEL_PROBS = [0.45, 0.25, 0.12, 0.03, 0.12, 0.03]
-MODES = ["bilinear", "bicubic", "nearest-exact", "lanczos"]
+MODES: list[ResizeMode] = ["bilinear", "bicubic", "nearest-exact", "lanczos"]
 QUARTERS = [0.25, 0.25, 0.25, 0.25]
 
 
@@ -187,9 +187,11 @@ class Degradations(BaseModel):
                 problems.append(f"{key_path(weights)}: has {len(w)} entries but {key_path(names)} has {len(n)}")
             elif sum(w) <= 0:
                 problems.append(f"{key_path(weights)}: the weights must not all be 0")
-        for name in ("resize_prob", "resize_prob2"):
-            if sum(getattr(self, name)) <= 0:
-                problems.append(f"{key_path(name)}: the up, down and keep probabilities must not all be 0")
+        problems.extend(
+            f"{key_path(name)}: the up, down and keep probabilities must not all be 0"
+            for name in ("resize_prob", "resize_prob2")
+            if sum(getattr(self, name)) <= 0
+        )
         for name in ("kernel_list", "kernel_list2"):
             for i, kind in enumerate(getattr(self, name)):
                 try:
@@ -203,12 +205,12 @@ class Degradations(BaseModel):
                 problems.append(str(exc))
                 continue
             spec = CODECS.build(codec)
-            for chroma in self.video_chroma_list:
-                if chroma not in spec.chroma:
-                    problems.append(
-                        f"video_chroma_list: {codec} cannot encode {chroma} (it supports "
-                        f"{', '.join(spec.chroma)}); remove one of them"
-                    )
+            problems.extend(
+                f"video_chroma_list: {codec} cannot encode {chroma} (it supports {', '.join(spec.chroma)}); "
+                "remove one of them"
+                for chroma in self.video_chroma_list
+                if chroma not in spec.chroma
+            )
         if not self.video_chroma_list:
             problems.append("video_chroma_list: must not be empty")
         if not self.video_preset_list:

@@ -77,14 +77,14 @@ def blur(
     """BasicSR's `filter2D` (reflect padding, per-sample kernel) for equal-size images; `kernels` (n, K, K) hold each
     sample's size-`sizes[i]` kernel zero-padded to K. `full`: the whole batch in one K x K convolution."""
     groups = kernel_groups(sizes, separable, kernels.shape[-1] if full else None)
-    out = torch.empty_like(x) if len(groups) > 1 else None
+    if len(groups) == 1:  # one kernel size for the whole batch: filtered in place of a gather and scatter
+        k, sep, rows = groups[0]
+        return depthwise(reflect_pad(x, k // 2), to_device(crop_kernels(kernels[rows], k), x.device), sep)
+    out = torch.empty_like(x)
     for k, sep, rows in groups:
-        part = x if out is None else x[to_device(rows, x.device)]
-        padded = reflect_pad(part, k // 2)
-        part = depthwise(padded, to_device(crop_kernels(kernels[rows], k), x.device), sep)
-        if out is None:
-            return part
-        out[to_device(rows, x.device)] = part
+        index = to_device(rows, x.device)
+        padded = reflect_pad(x[index], k // 2)
+        out[index] = depthwise(padded, to_device(crop_kernels(kernels[rows], k), x.device), sep)
     return out
 
 
@@ -140,7 +140,7 @@ def separable(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     return F.conv2d(y, weight.view(b * c, 1, length, 1), groups=b * c).view(b, c, h, w)
 
 
-def usm_taps(radii: Sequence[int], length: int | None = None) -> torch.Tensor:
+def usm_taps(radii: Sequence[int] | np.ndarray, length: int | None = None) -> torch.Tensor:
     """(B, L) Gaussian taps for each radius (made odd), zero-padded to `length` (default: the longest) so that a
     sample's result does not depend on the other radii of its batch when `length` is fixed by the config."""
     radii = [_odd(int(r)) for r in radii]

@@ -140,7 +140,10 @@ def jpeg_codec(image: np.ndarray, quality: float) -> np.ndarray:
     )
     if not ok:
         raise RuntimeError(f"OpenCV could not JPEG-encode a {image.shape} image")
-    return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+    if decoded is None:
+        raise RuntimeError(f"OpenCV could not decode its own JPEG of a {image.shape} image")
+    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
 
 def jpeg_pil(images: torch.Tensor, qualities: Sequence[float]) -> torch.Tensor:

@@ -94,7 +94,7 @@ def _poisson(x: torch.Tensor, noise: Noise, rows: np.ndarray, sizes: np.ndarray,
     if gray.any():
         luma = (x * x.new_tensor([0.2989, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)  # rgb_to_grayscale
         source = torch.where(_gray_select(noise, rows, x.device), luma.expand_as(x), x)
-    valid = _valid(sizes[rows], offset, x.shape[-2:], x.device)
+    valid = _valid(sizes[rows], offset, (x.shape[-2], x.shape[-1]), x.device)
     # levels outside each image are 0: rate 0 draws 0, so the noise there is exactly 0 without another mask
     levels = torch.where(valid, source.clamp(0, 1).mul(255).round_(), 0)
     # distinct levels per sample over its own pixels: a histogram, less the zeros standing for the rest of the canvas

@@ -28,7 +28,7 @@ def read_image(image: str | Path) -> np.ndarray:
     text = str(image)
     if "://" in text:
         fs, path = StorageSettings.resolve().filesystem(text)
-        data = fs.cat_file(path)
+        data: bytes = fs.cat_file(path)  # pyright: ignore[reportAssignmentType]  # fsspec reads "rb": always bytes
     else:
         data = Path(text).read_bytes()
     with Image.open(io.BytesIO(data)) as decoded:
@@ -81,7 +81,9 @@ def preview(
     captions = [
         [line for step in describe(plan, i) for line in _wrap(step, side - 2 * MARGIN, scratch, font)] for i in range(n)
     ]
-    line_height = int(sum(font.getmetrics())) + 2
+    # Pillow built without FreeType gives a bitmap font, which has no metrics: its glyph box gives the height instead
+    text_height = sum(font.getmetrics()) if isinstance(font, ImageFont.FreeTypeFont) else int(font.getbbox("Ag")[3])
+    line_height = text_height + 2
     caption = max(len(c) for c in captions) * line_height + 2 * MARGIN
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)

@@ -94,15 +94,13 @@ def _contributions(
     in_len: int, out_len: int, scale: float, kernel: ResizeKernel, antialias: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """MATLAB's ``contributions()``: (weights, indices), both (out_len, P), indices 0-based into ``in_len``."""
-    width = kernel.width
+    width, h = kernel.width, kernel.fn
     if scale < 1 and antialias and kernel.antialias:
         # Stretch the kernel by 1/scale so it low-passes before decimating.
-        def h(t: np.ndarray) -> np.ndarray:
+        def stretched(t: np.ndarray) -> np.ndarray:
             return scale * kernel.fn(scale * t)
 
-        width = width / scale
-    else:
-        h = kernel.fn
+        width, h = width / scale, stretched
 
     x = np.arange(1, out_len + 1, dtype=np.float64)  # 1-based output coordinates, as in MATLAB
     u = x / scale + 0.5 * (1 - 1 / scale)  # input-space centre of each output pixel (1-based)

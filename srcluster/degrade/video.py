@@ -93,6 +93,7 @@ def encode_clip(
     h, w = image.shape[:2]
     even = np.pad(image, ((0, -h % MB), (0, -w % MB), (0, 0)), mode="edge")
     encoder = av.CodecContext.create(spec.encoder, "w")
+    assert isinstance(encoder, av.VideoCodecContext)  # every CODECS entry names a video codec
     encoder.width, encoder.height = even.shape[1], even.shape[0]
     encoder.pix_fmt = PIX_FMT[chroma]
     encoder.time_base = Fraction(1, FPS)
@@ -122,6 +123,7 @@ def encode_clip(
     packets.extend(encoder.encode(None))
 
     decoder = av.CodecContext.create(spec.decoder, "r")
+    assert isinstance(decoder, av.VideoCodecContext)
     decoder.thread_count = 1
     decoded = []
     for packet in packets:

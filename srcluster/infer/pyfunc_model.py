@@ -18,6 +18,7 @@ with warnings.catch_warnings():
 
     class GeneratorModel(PythonModel):
         def load_context(self, context) -> None:
+            # torch and the inference path load here, not at the top: MLflow runs this file when it logs the model
             import torch
 
             from srcluster.infer.upscaler import load_upscaler
@@ -26,7 +27,7 @@ with warnings.catch_warnings():
             self.model = load_upscaler(context.artifacts["generator"], self.device)
 
         def predict(self, context, model_input, params=None):
-            from srcluster.infer.upscaler import upscale_array
+            from srcluster.infer.upscaler import upscale_array  # not at the top: see load_context
 
             params = params or {}
             images = model_input if isinstance(model_input, list) else [model_input]

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from srcluster.config import Job, parse_job, read_yaml
-from srcluster.storage import redact_url
 from srcluster.errors import ConfigError, SrclusterError
+from srcluster.recipes.pipeline import parse_recipe
+from srcluster.storage import redact_url
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,11 @@ class JobFile:
         """(key, path) of every local file or folder the stages read: datasets, pretrained weights, resume states."""
         refs: list[tuple[str, str]] = []
         for job in self.jobs:
-            named = {"path.pretrain_network_g": job.path.pretrain_network_g,
-                     "path.pretrain_network_d": job.path.pretrain_network_d,
-                     "path.resume_state": job.path.resume_state}
+            named = {
+                "path.pretrain_network_g": job.path.pretrain_network_g,
+                "path.pretrain_network_d": job.path.pretrain_network_d,
+                "path.resume_state": job.path.resume_state,
+            }
             for split in ("train", "val"):
                 dataset = getattr(job.datasets, split)
                 for key in ("dataroot_gt", "dataroot_lq"):
@@ -39,14 +42,11 @@ class JobFile:
                     for i, url in enumerate([value] if isinstance(value, str) else value or []):
                         named[f"datasets.{split}.{key}" + (f"[{i}]" if isinstance(value, list) else "")] = url
             for key, value in named.items():
-                if not value:
+                if not value or ("://" in value and not value.startswith("file://")):
                     continue
-                if value.startswith("file://"):
-                    value = value.removeprefix("file://")
-                elif "://" in value:
-                    continue
-                if (key, value) not in refs:
-                    refs.append((key, value))
+                local = value.removeprefix("file://")
+                if (key, local) not in refs:
+                    refs.append((key, local))
         return refs
 
     def relative_files(self, base: Path | None = None) -> list[Path]:
@@ -60,11 +60,15 @@ class JobFile:
                 continue  # a path on the cluster's own filesystem: not ours to ship or check
             full = (base / path).resolve()
             if not full.is_relative_to(base):
-                raise SrclusterError(f"{self.path}: {key} names {value}, outside {base}; only files below the current "
-                                     "folder travel with the job (or give an absolute path on the cluster, or s3://)")
+                raise SrclusterError(
+                    f"{self.path}: {key} names {value}, outside {base}; only files below the current "
+                    "folder travel with the job (or give an absolute path on the cluster, or s3://)"
+                )
             if not full.exists():
-                raise SrclusterError(f"{self.path}: {key} names {value}, which does not exist in {base}; "
-                                     "create it, or point the key at s3:// or a path on the cluster")
+                raise SrclusterError(
+                    f"{self.path}: {key} names {value}, which does not exist in {base}; "
+                    "create it, or point the key at s3:// or a path on the cluster"
+                )
             if full.relative_to(base) not in found:
                 found.append(full.relative_to(base))
         return found
@@ -73,14 +77,14 @@ class JobFile:
         """Job files travel to clusters and into rendered manifests: a URL with a password in it must not."""
         for number, line in enumerate(self.text.splitlines(), 1):
             if redact_url(line) != line:
-                raise SrclusterError(f"{self.path}:{number}: a URL with a password; give credentials through the "
-                                     "cluster's environment (MLFLOW_TRACKING_PASSWORD, AWS_*), not the job file")
+                raise SrclusterError(
+                    f"{self.path}:{number}: a URL with a password; give credentials through the "
+                    "cluster's environment (MLFLOW_TRACKING_PASSWORD, AWS_*), not the job file"
+                )
 
 
 def load(path: str | Path) -> JobFile:
     """Read and validate a job or recipe file, as `srcluster train` / `srcluster pipeline` will on the cluster."""
-    from srcluster.recipes.pipeline import parse_recipe
-
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder, expected a job or recipe YAML file")
@@ -88,8 +92,10 @@ def load(path: str | Path) -> JobFile:
     text = path.read_text()
     if isinstance(data, dict) and "stages" in data:
         recipe = parse_recipe(data, str(path))
-        jobs = [recipe.job(stage, pretrain="pending://previous-stage" if i else None)
-                for i, stage in enumerate(recipe.stages)]
+        jobs = [
+            recipe.job(stage, pretrain="pending://previous-stage" if i else None)
+            for i, stage in enumerate(recipe.stages)
+        ]
         return JobFile(path, "pipeline", recipe.name, jobs, text)
     job = parse_job(data, str(path))
     return JobFile(path, "train", job.name, [job], text)

@@ -6,13 +6,15 @@ cluster that is still missing nodes (Ray Train would place fewer workers, or wai
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 
 
 def alive_nodes() -> int:
-    import ray
+    import ray  # heavy: loaded when the wait runs, not for `python -m srcluster.cli.nodes --help`
 
     return sum(1 for node in ray.nodes() if node.get("Alive"))
 
@@ -29,8 +31,8 @@ def alive(pid: int) -> bool:
         return True
 
 
-def wait(expect: int, timeout: float, address: str | None, pids: list[int] = ()) -> int:
-    import ray
+def wait(expect: int, timeout: float, address: str | None, pids: Sequence[int] = ()) -> int:
+    import ray  # as in alive_nodes
 
     deadline = time.monotonic() + timeout
     last = -1
@@ -47,7 +49,7 @@ def wait(expect: int, timeout: float, address: str | None, pids: list[int] = ())
             return 1
         try:
             if not ray.is_initialized():
-                ray.init(address=address, log_to_driver=False, logging_level="ERROR", configure_logging=False)
+                ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, configure_logging=False)
             count = alive_nodes()
         except (ConnectionError, RuntimeError) as exc:  # the head's GCS is not up yet
             count, reason = 0, exc.__class__.__name__

@@ -16,6 +16,8 @@ from importlib.metadata import version
 from pathlib import Path
 from urllib.parse import urlparse
 
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
 from srcluster import __version__
 from srcluster.errors import SrclusterError
 from srcluster.launch.jobfile import JobFile, load
@@ -27,11 +29,13 @@ HEREDOC_END = "SRCLUSTER_JOB_FILE"
 LOCAL_ONLY = ("SRCLUSTER_HOME", "AWS_SHARED_CREDENTIALS_FILE", "AWS_PROFILE")  # paths on this machine: not for pods
 
 
-def environment():
-    from jinja2 import Environment, PackageLoader, StrictUndefined
-
-    env = Environment(loader=PackageLoader("srcluster.launch", "templates"), undefined=StrictUndefined,
-                      keep_trailing_newline=True, autoescape=False)
+def environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("srcluster.launch", "templates"),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
     env.filters["shquote"] = shlex.quote
     return env
 
@@ -50,26 +54,37 @@ def fit(jobfile: JobFile, *, hosts: int, gpus: float, cpus: float | None, host: 
         per_host = math.inf
         if c.use_gpu:
             if gpus == 0:
-                raise SrclusterError(f"{where}: srcluster.use_gpu is true but --gpus-per-{flag} is 0; give GPUs, or "
-                                     "set use_gpu: false to train on CPUs")
+                raise SrclusterError(
+                    f"{where}: srcluster.use_gpu is true but --gpus-per-{flag} is 0; give GPUs, or "
+                    "set use_gpu: false to train on CPUs"
+                )
             if c.gpus_per_worker > gpus:
-                raise SrclusterError(f"{where}: a worker needs {c.gpus_per_worker:g} GPUs (srcluster.gpus_per_worker) "
-                                     f"but a {host} has {gpus:g} (--gpus-per-{flag})")
+                raise SrclusterError(
+                    f"{where}: a worker needs {c.gpus_per_worker:g} GPUs (srcluster.gpus_per_worker) "
+                    f"but a {host} has {gpus:g} (--gpus-per-{flag})"
+                )
             per_host = math.floor(gpus / c.gpus_per_worker) if c.gpus_per_worker else math.inf
         if cpus is not None:
             if c.cpus_per_worker > cpus:
-                raise SrclusterError(f"{where}: a worker needs {c.cpus_per_worker:g} CPUs (srcluster.cpus_per_worker) "
-                                     f"but a {host} has {cpus:g} (--cpus-per-{flag})")
+                raise SrclusterError(
+                    f"{where}: a worker needs {c.cpus_per_worker:g} CPUs (srcluster.cpus_per_worker) "
+                    f"but a {host} has {cpus:g} (--cpus-per-{flag})"
+                )
             per_host = min(per_host, math.floor(cpus / c.cpus_per_worker))
         # an elastic run ([min, max] workers) starts with min and grows to max as resources allow
         low, high = c.workers if isinstance(c.workers, tuple) else (c.workers, c.workers)
         capacity = per_host * hosts
-        shape = (f"{gpus:g} GPUs" + (f" and {cpus:g} CPUs" if cpus is not None else "")) if c.use_gpu else (
-            f"{cpus:g} CPUs" if cpus is not None else "")
+        shape = (
+            (f"{gpus:g} GPUs" + (f" and {cpus:g} CPUs" if cpus is not None else ""))
+            if c.use_gpu
+            else (f"{cpus:g} CPUs" if cpus is not None else "")
+        )
         if capacity < low:
             need = f"{c.gpus_per_worker:g} GPUs" if c.use_gpu else f"{c.cpus_per_worker:g} CPUs"
-            raise SrclusterError(f"{where}: {low} workers of {need} do not fit on {hosts} {host}(s) with {shape} "
-                                 f"each (room for {capacity}); raise --{flag}s or lower srcluster.workers")
+            raise SrclusterError(
+                f"{where}: {low} workers of {need} do not fit on {hosts} {host}(s) with {shape} "
+                f"each (room for {capacity}); raise --{flag}s or lower srcluster.workers"
+            )
         if capacity < high:
             warnings.append(f"{where}: room for {capacity} of up to {high} elastic workers")
         if gpus > 0 and not c.use_gpu:
@@ -114,22 +129,38 @@ class SlurmOptions:
 def render_slurm(path: str | Path, opts: SlurmOptions) -> tuple[str, list[str]]:
     """(sbatch script, warnings)."""
     jobfile = load(path)
-    warnings = fit(jobfile, hosts=opts.nodes, gpus=opts.gpus_per_node, cpus=opts.cpus_per_node, host="node",
-                   flag="node")
+    warnings = fit(
+        jobfile, hosts=opts.nodes, gpus=opts.gpus_per_node, cpus=opts.cpus_per_node, host="node", flag="node"
+    )
     jobfile.relative_files()  # relative paths resolve in the submit folder: they must exist there
     for name in ("partition", "time", "account", "output"):
         one_line(name, getattr(opts, name))
-    env = {k: v for k, v in job_env(StorageSettings.resolve(), opts.env).items()
-           if k != "RAY_OVERRIDE_JOB_RUNTIME_ENV"}
-    text = environment().get_template("slurm.sbatch.j2").render(
-        version=__version__, command=jobfile.command, job_name=jobfile.name,
-        slurm_name=f"srcluster-{re.sub(r'[^A-Za-z0-9_.-]+', '-', jobfile.name)}",
-        nodes=opts.nodes, gpus_per_node=opts.gpus_per_node, cpus_per_node=opts.cpus_per_node,
-        partition=opts.partition, time=opts.time, account=opts.account, output=opts.output, env=env,
-        setup=(opts.setup or "").strip(), ray_port=opts.ray_port, dashboard_port=opts.dashboard_port,
-        ray_args="".join(" " + shlex.quote(a) for a in shlex.split(opts.ray_args)),
-        join_timeout=opts.join_timeout, job_file=jobfile.path.name, job_text=shipped_text(jobfile),
-        extra_args=" --fresh" if opts.fresh else "",
+    env = {k: v for k, v in job_env(StorageSettings.resolve(), opts.env).items() if k != "RAY_OVERRIDE_JOB_RUNTIME_ENV"}
+    text = (
+        environment()
+        .get_template("slurm.sbatch.j2")
+        .render(
+            version=__version__,
+            command=jobfile.command,
+            job_name=jobfile.name,
+            slurm_name=f"srcluster-{re.sub(r'[^A-Za-z0-9_.-]+', '-', jobfile.name)}",
+            nodes=opts.nodes,
+            gpus_per_node=opts.gpus_per_node,
+            cpus_per_node=opts.cpus_per_node,
+            partition=opts.partition,
+            time=opts.time,
+            account=opts.account,
+            output=opts.output,
+            env=env,
+            setup=(opts.setup or "").strip(),
+            ray_port=opts.ray_port,
+            dashboard_port=opts.dashboard_port,
+            ray_args="".join(" " + shlex.quote(a) for a in shlex.split(opts.ray_args)),
+            join_timeout=opts.join_timeout,
+            job_file=jobfile.path.name,
+            job_text=shipped_text(jobfile),
+            extra_args=" --fresh" if opts.fresh else "",
+        )
     )
     return text, warnings
 
@@ -179,35 +210,73 @@ def render_k8s(path: str | Path, opts: K8sOptions) -> tuple[str, list[str]]:
         raise SrclusterError(f"--image {opts.image!r}: expected an image reference such as ghcr.io/you/srcluster:0.1")
     if not DNS_LABEL.fullmatch(opts.secret):
         raise SrclusterError(f"--secret {opts.secret!r}: not a Kubernetes Secret name")
-    for flag, quantity in (("memory-per-worker", opts.memory_per_worker), ("head-memory", opts.head_memory),
-                           ("shm-size", opts.shm_size)):
+    for flag, quantity in (
+        ("memory-per-worker", opts.memory_per_worker),
+        ("head-memory", opts.head_memory),
+        ("shm-size", opts.shm_size),
+    ):
         if not QUANTITY.fullmatch(quantity):
             raise SrclusterError(f"--{flag} {quantity!r}: not a Kubernetes quantity (e.g. 32Gi)")
-    warnings = fit(jobfile, hosts=opts.workers, gpus=opts.gpus_per_worker, cpus=opts.cpus_per_worker,
-                   host="worker pod", flag="worker")
+    warnings = fit(
+        jobfile,
+        hosts=opts.workers,
+        gpus=opts.gpus_per_worker,
+        cpus=opts.cpus_per_worker,
+        host="worker pod",
+        flag="worker",
+    )
     for key, value in jobfile.local_refs():
         if not Path(value).is_absolute():
-            raise SrclusterError(f"{jobfile.path}: {key} names the local path {value}, which pods cannot see; use "
-                                 "s3:// or an absolute path inside the image or a mounted volume")
-    env = {k: v for k, v in job_env(StorageSettings.resolve()).items()
-           if k not in LOCAL_ONLY and k != "RAY_OVERRIDE_JOB_RUNTIME_ENV"}
+            raise SrclusterError(
+                f"{jobfile.path}: {key} names the local path {value}, which pods cannot see; use "
+                "s3:// or an absolute path inside the image or a mounted volume"
+            )
+    env = {
+        k: v
+        for k, v in job_env(StorageSettings.resolve()).items()
+        if k not in LOCAL_ONLY and k != "RAY_OVERRIDE_JOB_RUNTIME_ENV"
+    }
     env.update(opts.env)
     for key in ("AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI"):
         host = urlparse(env.get(key, "")).hostname or ""
         if host in ("127.0.0.1", "localhost", "::1"):
-            warnings.append(f"{key}={env[key]} is this machine's loopback, which pods cannot reach; "
-                            f"pass --env {key}=URL-the-cluster-reaches")
+            warnings.append(
+                f"{key}={env[key]} is this machine's loopback, which pods cannot reach; "
+                f"pass --env {key}=URL-the-cluster-reaches"
+            )
     name = k8s_name(jobfile, opts.name)
     job_file = jobfile.path.name
-    entrypoint = shlex.join(["srcluster", jobfile.command, f"{JOB_DIR}/{job_file}",
-                             *(["--fresh"] if opts.fresh else [])])
+    entrypoint = shlex.join(
+        ["srcluster", jobfile.command, f"{JOB_DIR}/{job_file}", *(["--fresh"] if opts.fresh else [])]
+    )
 
-    text = environment().get_template("k8s.yaml.j2").render(
-        version=__version__, command=jobfile.command, job_name=jobfile.name, kind=opts.kind, name=name,
-        namespace=opts.namespace, image=opts.image, secret=opts.secret, env=env, workers=opts.workers,
-        gpus_per_worker=opts.gpus_per_worker, cpus_per_worker=opts.cpus_per_worker,
-        memory_per_worker=opts.memory_per_worker, head_cpus=opts.head_cpus, head_memory=opts.head_memory,
-        shm_size=opts.shm_size, ttl=opts.ttl, deadline=opts.deadline, ray_version=version("ray"),
-        job_dir=JOB_DIR, job_file=job_file, job_text=shipped_text(jobfile), entrypoint=entrypoint,
+    text = (
+        environment()
+        .get_template("k8s.yaml.j2")
+        .render(
+            version=__version__,
+            command=jobfile.command,
+            job_name=jobfile.name,
+            kind=opts.kind,
+            name=name,
+            namespace=opts.namespace,
+            image=opts.image,
+            secret=opts.secret,
+            env=env,
+            workers=opts.workers,
+            gpus_per_worker=opts.gpus_per_worker,
+            cpus_per_worker=opts.cpus_per_worker,
+            memory_per_worker=opts.memory_per_worker,
+            head_cpus=opts.head_cpus,
+            head_memory=opts.head_memory,
+            shm_size=opts.shm_size,
+            ttl=opts.ttl,
+            deadline=opts.deadline,
+            ray_version=version("ray"),
+            job_dir=JOB_DIR,
+            job_file=job_file,
+            job_text=shipped_text(jobfile),
+            entrypoint=entrypoint,
+        )
     )
     return text.rstrip("\n") + "\n", warnings

@@ -32,7 +32,7 @@ from srcluster.train.stage import worker_env
 # Ray's GCS holds a job's packaged working folder (its own cap is 500 MiB); data belongs in object storage.
 WORKING_DIR_LIMIT = 100 << 20
 # Names that hold secrets: refused by --env, whose values end up in the job spec any cluster user can read.
-SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|SESSION_KEY|PRIVATE|CREDENTIAL|ACCESS_KEY_ID", re.I)
+SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|SESSION_KEY|PRIVATE|CREDENTIAL|ACCESS_KEY_ID", re.IGNORECASE)
 
 
 def resolve_address(explicit: str | None) -> str:
@@ -45,6 +45,7 @@ def resolve_address(explicit: str | None) -> str:
 
 def connect(address: str):
     """A JobSubmissionClient for `address`, or a one-line error naming it."""
+    # Ray loads when a command talks to a cluster, not when the CLI parser imports this module
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
@@ -54,12 +55,16 @@ def connect(address: str):
         with mock.patch.dict(os.environ, {"RAY_API_SERVER_ADDRESS": address}):  # restores os.environ after
             return JobSubmissionClient(address)
     except AuthenticationError:
-        raise SrclusterError(f"the Ray cluster at {address} requires a token: set RAY_AUTH_MODE=token and "
-                             "RAY_AUTH_TOKEN (or ~/.ray/auth_token)") from None
+        raise SrclusterError(
+            f"the Ray cluster at {address} requires a token: set RAY_AUTH_MODE=token and "
+            "RAY_AUTH_TOKEN (or ~/.ray/auth_token)"
+        ) from None
     except Exception as exc:  # ConnectionError, requests' errors, ValueError for malformed addresses
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise SrclusterError(f"cannot reach the Ray dashboard at {address} (is the head running and its dashboard "
-                             f"port, 8265 by default, reachable?): {reason[:200]}") from None
+        raise SrclusterError(
+            f"cannot reach the Ray dashboard at {address} (is the head running and its dashboard "
+            f"port, 8265 by default, reachable?): {reason[:200]}"
+        ) from None
 
 
 def call(address: str, fn, *args):
@@ -77,8 +82,10 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise SrclusterError(f"--env {pair!r}: expected NAME=VALUE")
         if SECRET_NAME.search(name):
-            raise SrclusterError(f"--env {name}: looks like a secret; set it in the cluster's environment instead "
-                                 "(job specs are readable by anyone who can list the cluster's jobs)")
+            raise SrclusterError(
+                f"--env {name}: looks like a secret; set it in the cluster's environment instead "
+                "(job specs are readable by anyone who can list the cluster's jobs)"
+            )
         env[name] = value
     return env
 
@@ -95,8 +102,10 @@ def job_env(settings: StorageSettings, extra: dict[str, str] | None = None) -> d
     env.update(extra or {})
     for name, value in env.items():
         if redact_url(value) != value:
-            raise SrclusterError(f"{name} holds a URL with a password, which would travel in plain text; give the "
-                                 "cluster its credentials instead (MLFLOW_TRACKING_USERNAME/PASSWORD, AWS_*)")
+            raise SrclusterError(
+                f"{name} holds a URL with a password, which would travel in plain text; give the "
+                "cluster its credentials instead (MLFLOW_TRACKING_USERNAME/PASSWORD, AWS_*)"
+            )
     return env
 
 
@@ -113,8 +122,9 @@ class Submission:
         return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
-def prepare(path: str | Path, *, pip: list[str] | None = None, env: dict[str, str] | None = None,
-            fresh: bool = False) -> Submission:
+def prepare(
+    path: str | Path, *, pip: list[str] | None = None, env: dict[str, str] | None = None, fresh: bool = False
+) -> Submission:
     """Validate the job file and build everything `submit_job` needs; raises before anything reaches the cluster."""
     jobfile = load(path)
     jobfile.check_no_password()
@@ -122,9 +132,11 @@ def prepare(path: str | Path, *, pip: list[str] | None = None, env: dict[str, st
     env_vars = job_env(StorageSettings.resolve(), env)  # this machine's storage endpoint, as the job's driver sees it
     size = jobfile.path.stat().st_size + sum(_size(Path.cwd() / rel) for rel in extra_files)
     if size > WORKING_DIR_LIMIT:
-        raise SrclusterError(f"{jobfile.path}: the files it names add up to {size / 2**20:.0f} MiB, over the "
-                             f"{WORKING_DIR_LIMIT >> 20} MiB that travel with a job; put data in object storage "
-                             "(s3://)")
+        raise SrclusterError(
+            f"{jobfile.path}: the files it names add up to {size / 2**20:.0f} MiB, over the "
+            f"{WORKING_DIR_LIMIT >> 20} MiB that travel with a job; put data in object storage "
+            "(s3://)"
+        )
     workdir = tempfile.TemporaryDirectory(prefix="srcluster-submit-")
     root = Path(workdir.name)
     target = relative_to_cwd(jobfile.path)
@@ -148,16 +160,27 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
-def submit(path: str | Path, address: str, *, pip: list[str] | None = None, env: dict[str, str] | None = None,
-           fresh: bool = False) -> tuple[object, str]:
+def submit(
+    path: str | Path,
+    address: str,
+    *,
+    pip: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    fresh: bool = False,
+) -> tuple[object, str]:
     """Submit the job file; returns (client, submission id)."""
     submission = prepare(path, pip=pip, env=env, fresh=fresh)
     try:
         client = connect(address)
-        job_id = call(address, lambda: client.submit_job(
-            entrypoint=submission.entrypoint, runtime_env=submission.runtime_env,
-            submission_id=submission.submission_id,
-            metadata={"srcluster_version": __version__, "srcluster_job": submission.jobfile.name}))
+        job_id = call(
+            address,
+            lambda: client.submit_job(
+                entrypoint=submission.entrypoint,
+                runtime_env=submission.runtime_env,
+                submission_id=submission.submission_id,
+                metadata={"srcluster_version": __version__, "srcluster_job": submission.jobfile.name},
+            ),
+        )
     finally:
         submission.workdir.cleanup()  # the client has packaged and uploaded it by now
     return client, job_id

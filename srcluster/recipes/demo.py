@@ -13,9 +13,11 @@ from rich.console import Console
 from rich.table import Table
 
 from srcluster import home, stack
-from srcluster.data.sample import build_sample_dataset
-from srcluster.recipes.pipeline import parse_recipe, run_recipe
 from srcluster.config import read_yaml
+from srcluster.data.sample import build_sample_dataset
+from srcluster.errors import SrclusterError
+from srcluster.recipes.pipeline import parse_recipe, run_recipe
+from srcluster.tracking.tracker import Tracker
 
 DEMO_RECIPE = resources.files("srcluster") / "recipes" / "demo.yml"
 
@@ -30,12 +32,17 @@ def run_demo(console: Console | None = None) -> list:
         console.print(f"  {service.name:7s} {service.url}")
 
     recipe = parse_recipe(read_yaml(str(DEMO_RECIPE)), "demo.yml (embedded)")
-    train_url = recipe.job("fidelity_2x").datasets.train.dataroot_gt
-    val_url = recipe.job("fidelity_2x").datasets.val.dataroot_gt
+    datasets = recipe.job("fidelity_2x").datasets
+    train_url = datasets.train.dataroot_gt
+    val_url = datasets.val.dataroot_gt if datasets.val is not None else None
+    if not isinstance(train_url, str) or not isinstance(val_url, str):  # the sample data is written to one URL each
+        raise SrclusterError("demo.yml: stage fidelity_2x must name one train and one val dataroot_gt URL")
     console.rule("[bold]2/3 sample data")
     summary = build_sample_dataset(train_url, val_url)
-    console.print(f"  {summary['tiles']} HR tiles in {summary['shards']} shards at {train_url}; "
-                  f"{len(summary['val_images'])} validation images at {val_url}")
+    console.print(
+        f"  {summary['tiles']} HR tiles in {summary['shards']} shards at {train_url}; "
+        f"{len(summary['val_images'])} validation images at {val_url}"
+    )
 
     console.rule("[bold]3/3 three-stage recipe on Ray")
     out_dir = home.home() / "demo"
@@ -43,10 +50,11 @@ def run_demo(console: Console | None = None) -> list:
     images: list[Path] = []
 
     def fetch_grid(stage_summary, result) -> None:
-        from srcluster.tracking.tracker import Tracker
-
-        images.extend(Tracker(recipe.job(stage_summary.stage).srcluster.mlflow.tracking_uri)
-                      .download_latest(result.run_id, "comparisons", out_dir / stage_summary.stage))
+        images.extend(
+            Tracker(recipe.job(stage_summary.stage).srcluster.mlflow.tracking_uri).download_latest(
+                result.run_id, "comparisons", out_dir / stage_summary.stage
+            )
+        )
 
     summaries = run_recipe(recipe, on_stage_done=fetch_grid)
 
@@ -54,8 +62,9 @@ def run_demo(console: Console | None = None) -> list:
     for column in ("stage", "iterations", "final PSNR (Y)", "checkpoint", "MLflow run"):
         table.add_column(column, overflow="fold")
     for s in summaries:
-        table.add_row(s.stage, str(s.iterations), f"{s.psnr:.2f} dB" if s.psnr is not None else "-", s.checkpoint_uri,
-                      s.run_id)
+        table.add_row(
+            s.stage, str(s.iterations), f"{s.psnr:.2f} dB" if s.psnr is not None else "-", s.checkpoint_uri, s.run_id
+        )
     console.print(table)
     console.print(f"MLflow UI: {stack.mlflow_url()}  (experiment '{recipe.name}')")
     for image in images:

@@ -29,15 +29,20 @@ import json
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import yaml
 
 from srcluster.config import ConfigError, Job, flatten, parse_job, read_yaml
-from srcluster.degrade.config import split_degradation_keys
+from srcluster.data.shards import is_shard_pattern, manifest_url
+from srcluster.degrade.config import DATASET_KEYS, split_degradation_keys
 from srcluster.errors import SrclusterError
 from srcluster.storage import StorageSettings, is_s3, redact_url
 from srcluster.tracking import runs
 from srcluster.tracking import tags as tag
+from srcluster.tracking.models import find_registered, get_version, is_model_uri, log_generator, parse_model_uri
 from srcluster.tracking.tracker import Tracker
+from srcluster.train.stage import run_stage
 
 STAGES = ("fidelity_2x", "fidelity_4x", "gan_4x")
 
@@ -135,7 +140,9 @@ def parse_recipe(data: Any, source: str) -> Recipe:
             raise ConfigError(f"{source}: stages.{stage}: unknown stage (known: {', '.join(STAGES)})")
     name = str(data.get("name") or Path(source).stem)
     data.setdefault("name", name)
-    stages = {stage: deep_merge(derive(data, stage), overrides.get(stage) or {}) for stage in STAGES if stage in overrides}
+    stages = {
+        stage: deep_merge(derive(data, stage), overrides.get(stage) or {}) for stage in STAGES if stage in overrides
+    }
     recipe = Recipe(name, source, stages)
     for stage in stages:  # validate every stage now, not after hours of training the first one
         recipe.job(stage, pretrain="pending://previous-stage" if stage != STAGES[0] else None)
@@ -153,10 +160,18 @@ def plan(recipe: Recipe) -> list[dict[str, Any]]:
     """Each stage's full job (traiNNer-redux keys, URL passwords masked), with the registry model it will feed on."""
     stages, previous = [], None
     for stage in recipe.stages:
-        pretrain = f"models:/{registered_name(recipe, previous)}/<version registered by {previous}>" if previous else None
+        pretrain = (
+            f"models:/{registered_name(recipe, previous)}/<version registered by {previous}>" if previous else None
+        )
         job = recipe.job(stage, pretrain)
-        stages.append({"stage": stage, "registered_model": registered_name(recipe, stage), "pretrain_from": previous,
-                       "job": _masked(trainner_keys(job))})
+        stages.append(
+            {
+                "stage": stage,
+                "registered_model": registered_name(recipe, stage),
+                "pretrain_from": previous,
+                "job": _masked(trainner_keys(job)),
+            }
+        )
         previous = stage
     return stages
 
@@ -164,8 +179,6 @@ def plan(recipe: Recipe) -> list[dict[str, Any]]:
 def trainner_keys(job: Job) -> dict[str, Any]:
     """The job as a job file writes it: degradations back under traiNNer-redux's own keys (top level and
     `datasets.train`) instead of srcluster's parsed `datasets.train.degradations`."""
-    from srcluster.degrade.config import DATASET_KEYS
-
     data = job.model_dump(mode="json")
     train = data["datasets"]["train"]
     for name, value in (train.pop("degradations", None) or {}).items():
@@ -183,8 +196,6 @@ def _masked(data: Any) -> Any:
 
 def format_plan(stages: list[dict[str, Any]]) -> str:
     """The first stage's job in full (YAML), then each stage as the keys it changes against the one before."""
-    import yaml
-
     lines: list[str] = []
     before: dict[str, Any] = {}
     for i, entry in enumerate(stages):
@@ -228,17 +239,16 @@ def recipe_hash(recipe: Recipe) -> str:
 
 def data_lineage(job: Job, settings: StorageSettings) -> dict[str, str]:
     """The training data's manifest URIs and their sha256, as run / model-version tags ("none" for image folders)."""
-    from srcluster.data.shards import is_shard_pattern, manifest_url
-
     roots = job.datasets.train.dataroot_gt
     uris, digests = [], []
     for url in [roots] if isinstance(roots, str) else roots:
         target = manifest_url(posixpath.dirname(url) if is_shard_pattern(url) else url)
         if is_s3(target):
-            settings.check(target)  # unreachable endpoint, rejected keys, missing bucket: one line, before any run starts
+            # unreachable endpoint, rejected keys, missing bucket: one line, before any run starts
+            settings.check(target)
         fs, path = settings.filesystem(target)
         try:
-            digest = hashlib.sha256(fs.cat_file(path)).hexdigest()
+            digest = hashlib.sha256(cast(bytes, fs.cat_file(path))).hexdigest()  # fsspec is untyped; reads binary
         except FileNotFoundError:  # a folder of images: no manifest to pin
             target, digest = url, "none"
         uris.append(target)
@@ -248,16 +258,17 @@ def data_lineage(job: Job, settings: StorageSettings) -> dict[str, str]:
 
 def pretrain_lineage(tracker, pretrain: str | None) -> dict[str, str]:
     """Which model (pinned to a registry version) and which run the stage starts from."""
-    from srcluster.tracking.models import get_version, is_model_uri, parse_model_uri
-
     if not pretrain:
         return {tag.PRETRAIN: "scratch", tag.PRETRAIN_MODEL: "none", tag.PRETRAIN_RUN_ID: "none"}
     if not is_model_uri(pretrain):
         return {tag.PRETRAIN: pretrain, tag.PRETRAIN_MODEL: "none", tag.PRETRAIN_RUN_ID: "none"}
     name, version, alias = parse_model_uri(pretrain)
     found = get_version(tracker, name, version, alias)  # fails here, not in a Ray worker, when the model is missing
-    return {tag.PRETRAIN: pretrain, tag.PRETRAIN_MODEL: f"models:/{name}/{found.version}",
-            tag.PRETRAIN_RUN_ID: found.run_id or "none"}
+    return {
+        tag.PRETRAIN: pretrain,
+        tag.PRETRAIN_MODEL: f"models:/{name}/{found.version}",
+        tag.PRETRAIN_RUN_ID: found.run_id or "none",
+    }
 
 
 # --- running ------------------------------------------------------------------------------------------------------
@@ -273,11 +284,10 @@ class StageSummary:
     model_uri: str = ""  # the registered generator, models:/<recipe>-<stage>/<version>
 
 
-def register_stage(tracker: Tracker, settings: StorageSettings, recipe: Recipe, stage: str, job: Job, result,
-                   parent: str):
+def register_stage(
+    tracker: Tracker, settings: StorageSettings, recipe: Recipe, stage: str, job: Job, result, parent: str
+):
     """The stage's best generator as registry model `<recipe>-<stage>`, once per stage run."""
-    from srcluster.tracking.models import find_registered, log_generator
-
     name = registered_name(recipe, stage)
     found = find_registered(tracker, name, result.run_id)
     if found is not None:
@@ -290,14 +300,22 @@ def register_stage(tracker: Tracker, settings: StorageSettings, recipe: Recipe, 
         tags.update({tag.KEY_METRIC: key, tag.KEY_METRIC_VALUE: f"{float(value):.6g}"})
         if "iteration" in best:
             tags[tag.KEY_METRIC_ITERATION] = str(best["iteration"])
-    return log_generator(tracker, result.run_id, result.generator_uri, arch=job.network_g.type,
-                         options=job.network_g.options(), scale=job.scale, settings=settings, registered_name=name,
-                         tags=tags)
+    return log_generator(
+        tracker,
+        result.run_id,
+        result.generator_uri,
+        arch=job.network_g.type,
+        options=job.network_g.options(),
+        scale=job.scale,
+        settings=settings,
+        registered_name=name,
+        tags=tags,
+    )
 
 
 def _report(tracker, recipe: Recipe, parent: str, results, log) -> None:
     """The comparison image; every stage is trained and registered by now, so a failure here only costs the picture."""
-    from srcluster.recipes.report import write_report
+    from srcluster.recipes.report import write_report  # imports torch; `srcluster pipeline --plan` needs none
 
     try:
         path = write_report(tracker, recipe.name, parent, results)
@@ -307,15 +325,14 @@ def _report(tracker, recipe: Recipe, parent: str, results, log) -> None:
     log(f"report: {path}" if path else "report: skipped (the recipe has no validation dataset)")
 
 
-def run_recipe(recipe: Recipe, *, on_stage_done=None, fresh: bool = False, report: bool = True,
-               log=print) -> list[StageSummary]:
+def run_recipe(
+    recipe: Recipe, *, on_stage_done=None, fresh: bool = False, report: bool = True, log=print
+) -> list[StageSummary]:
     """Run the stages in order, each initialised from the previous stage's registered (best EMA) generator.
 
     A rerun skips stages that finished (found in MLflow by their config), resumes the interrupted one, and continues
     the interrupted execution's parent run. Each stage's generator is registered as `<recipe>-<stage>` with its lineage;
     at the end a report image compares the stages on the same validation crops."""
-    from srcluster.train.stage import run_stage
-
     first_job = recipe.job(next(iter(recipe.stages)))
     settings = StorageSettings.resolve(first_job.srcluster.s3_endpoint)  # once, for the lineage and the registry
     tracker = Tracker(first_job.srcluster.mlflow.tracking_uri)
@@ -324,21 +341,33 @@ def run_recipe(recipe: Recipe, *, on_stage_done=None, fresh: bool = False, repor
     summaries, results, pretrain = [], [], None
     # An interrupted execution of the same recipe continues under its parent run, so one parent holds all stages; a
     # finished one is never reopened (a rerun is a new execution that reuses its finished stages).
-    with runs.run(tracker, experiment, name=f"{recipe.name}-pipeline", fresh=fresh, reopen_finished=False,
-                  match={tag.RECIPE: recipe.name, tag.KIND: "pipeline", tag.RECIPE_HASH: digest}) as parent_run:
+    with runs.run(
+        tracker,
+        experiment,
+        name=f"{recipe.name}-pipeline",
+        fresh=fresh,
+        reopen_finished=False,
+        match={tag.RECIPE: recipe.name, tag.KIND: "pipeline", tag.RECIPE_HASH: digest},
+    ) as parent_run:
         parent = parent_run.id
         for stage in recipe.stages:
             job = recipe.job(stage, pretrain)
-            tags = {tag.RECIPE: recipe.name, tag.STAGE: stage, tag.RECIPE_HASH: digest,
-                    **pretrain_lineage(tracker, job.path.pretrain_network_g), **data_lineage(job, settings)}
+            tags = {
+                tag.RECIPE: recipe.name,
+                tag.STAGE: stage,
+                tag.RECIPE_HASH: digest,
+                **pretrain_lineage(tracker, job.path.pretrain_network_g),
+                **data_lineage(job, settings),
+            }
             result = run_stage(job, run_name=stage, parent_run_id=parent, fresh=fresh, tags=tags, log=log)
             if result.reused:
                 tracker.set_tags(parent, {tag.reused(stage): result.run_id})
             ref = register_stage(tracker, settings, recipe, stage, job, result, parent)
             log(f"{stage}: generator registered as {ref.uri}")
             pretrain = ref.uri
-            summary = StageSummary(stage, result.iterations, result.metrics.get("val_psnr"), result.checkpoint_uri,
-                                   result.run_id, ref.uri)
+            summary = StageSummary(
+                stage, result.iterations, result.metrics.get("val_psnr"), result.checkpoint_uri, result.run_id, ref.uri
+            )
             summaries.append(summary)
             results.append((stage, job, result, ref))
             if on_stage_done:

@@ -12,8 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from srcluster import home
+from srcluster.data.stream import iter_images
+from srcluster.degrade.resize import bicubic_downscale, imresize
+from srcluster.infer.upscaler import load_upscaler, upscale_tensor
+from srcluster.train.validate import centre_crop
 
 MAX_IMAGES = 3
 CROP = 192  # HR pixels per side
@@ -21,9 +27,6 @@ CROP = 192  # HR pixels per side
 
 def _crops(val_url: str, scale: int) -> list[tuple[str, torch.Tensor]]:
     """(name, uint8 HR centre crop, a multiple of `scale`) for the first few validation images."""
-    from srcluster.data.stream import iter_images
-    from srcluster.train.validate import centre_crop
-
     out = []
     for name, hr in iter_images(val_url):
         size = min(CROP, hr.shape[1], hr.shape[2]) // scale * scale
@@ -37,9 +40,6 @@ def _crops(val_url: str, scale: int) -> list[tuple[str, torch.Tensor]]:
 
 def _columns(results, scale: int, hr: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
     """(title, float 3 x H x W in [0, 1]) for bicubic, each stage and HR."""
-    from srcluster.degrade.resize import bicubic_downscale, imresize
-    from srcluster.infer.upscaler import load_upscaler, upscale_tensor
-
     lr = bicubic_downscale(hr, scale).float()[None] / 255
     columns = [(f"bicubic x{scale}", imresize(lr, scale, kernel="bicubic")[0])]
     for stage, _job, _result, ref in results:
@@ -55,9 +55,6 @@ def _columns(results, scale: int, hr: torch.Tensor) -> list[tuple[str, torch.Ten
 
 
 def render(results, scale: int, crops, curves: dict[str, list[tuple[int, float]]], metric: str, path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     ncols = len(results) + 2
     fig = Figure(figsize=(2.3 * ncols, 2.5 * len(crops) + 2.8), layout="constrained")
     FigureCanvasAgg(fig)
@@ -66,7 +63,8 @@ def render(results, scale: int, crops, curves: dict[str, list[tuple[int, float]]
         for col, (title, image) in enumerate(_columns(results, scale, hr)):
             ax = fig.add_subplot(grid[row, col])
             ax.imshow(image.clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest")
-            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_xticks([])
+            ax.set_yticks([])
             if row == 0:
                 ax.set_title(title, fontsize=8)
             if col == 0:
@@ -79,8 +77,9 @@ def render(results, scale: int, crops, curves: dict[str, list[tuple[int, float]]
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.suptitle(f"x{scale} from the same bicubic LR; a stage of lower scale is shown upscaled by bicubic to HR size",
-                 fontsize=9)
+    fig.suptitle(
+        f"x{scale} from the same bicubic LR; a stage of lower scale is shown upscaled by bicubic to HR size", fontsize=9
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path
@@ -101,8 +100,9 @@ def write_report(tracker, recipe_name: str, parent_run_id: str, results) -> Path
         return None
     metric = last_job.best_metric or "val_psnr"
     # each stage is scored at its own scale: the x2 stage's PSNR is not on the x4 stages' footing
-    curves = {f"{stage} (x{job.scale})": tracker.metric_history(result.run_id, metric)
-              for stage, job, result, _ref in results}
+    curves = {
+        f"{stage} (x{job.scale})": tracker.metric_history(result.run_id, metric) for stage, job, result, _ref in results
+    }
     path = home.home() / "reports" / f"{recipe_name}-{parent_run_id[:8]}.png"
     with torch.inference_mode():
         render(results, scale, crops, curves, metric, path)

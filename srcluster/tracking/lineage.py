@@ -41,16 +41,24 @@ def chain(tracker: Tracker, uri: str) -> list[dict[str, Any]]:
         seen.add(model)
         tags = dict(found.tags or {})
         metric, value = _key_metric(tracker, tags, found.run_id)
-        out.append({
-            "model": model, "aliases": list(getattr(found, "aliases", []) or []), "stage": tags.get(tag.STAGE),
-            "run_id": found.run_id, "metric": metric, "value": value,
-            "pretrain": tags.get(tag.PRETRAIN, "unknown"),
-            "pretrain_model": tags.get(tag.PRETRAIN_MODEL, "none"),
-            "data_manifest": [u for u in tags.get(tag.DATA_MANIFEST, "").split(",") if u],
-            "data_sha256": [d for d in tags.get(tag.DATA_SHA256, "").split(",") if d],
-            "recipe_hash": tags.get(tag.RECIPE_HASH), "srcluster_version": tags.get(tag.VERSION),
-            "git_commit": tags.get(tag.GIT_COMMIT), "ray_job_id": tags.get(tag.RAY_JOB_ID),
-        })
+        out.append(
+            {
+                "model": model,
+                "aliases": list(getattr(found, "aliases", []) or []),
+                "stage": tags.get(tag.STAGE),
+                "run_id": found.run_id,
+                "metric": metric,
+                "value": value,
+                "pretrain": tags.get(tag.PRETRAIN, "unknown"),
+                "pretrain_model": tags.get(tag.PRETRAIN_MODEL, "none"),
+                "data_manifest": [u for u in tags.get(tag.DATA_MANIFEST, "").split(",") if u],
+                "data_sha256": [d for d in tags.get(tag.DATA_SHA256, "").split(",") if d],
+                "recipe_hash": tags.get(tag.RECIPE_HASH),
+                "srcluster_version": tags.get(tag.VERSION),
+                "git_commit": tags.get(tag.GIT_COMMIT),
+                "ray_job_id": tags.get(tag.RAY_JOB_ID),
+            }
+        )
         upstream = tags.get(tag.PRETRAIN_MODEL, "none")
         if upstream == "none":
             return out
@@ -64,13 +72,15 @@ def format_chain(entries: list[dict[str, Any]]) -> str:
         arrow = "" if i == 0 else "  <- "
         aliases = f" @{',@'.join(entry['aliases'])}" if entry["aliases"] else ""
         metric = f"{entry['metric']} {entry['value']:.4f}" if entry["metric"] else "no validation metric"
-        lines.append(f"{arrow}{entry['model']}{aliases}  stage {entry['stage'] or '?'}  run {entry['run_id']}  {metric}")
+        lines.append(
+            f"{arrow}{entry['model']}{aliases}  stage {entry['stage'] or '?'}  run {entry['run_id']}  {metric}"
+        )
     last = entries[-1]
     if last["pretrain"] not in ("scratch", "unknown", "none"):
         lines.append(f"  <- {last['pretrain']} (not a registered model)")
     used: dict[tuple[str, str], list[str]] = {}
     for entry in reversed(entries):
-        for manifest, digest in zip(entry["data_manifest"], entry["data_sha256"]):
+        for manifest, digest in zip(entry["data_manifest"], entry["data_sha256"], strict=False):
             used.setdefault((manifest, digest), []).append(entry["stage"] or entry["model"])
     for (manifest, digest), stages in used.items():
         pinned = f"sha256 {digest}" if digest != "none" else "image folder, no manifest"

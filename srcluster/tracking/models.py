@@ -3,8 +3,9 @@
 A logged generator is an MLflow pyfunc model folder (`MLmodel` + `artifacts/<file>.safetensors`) whose MLmodel
 `metadata` holds the traiNNer-redux arch name, its options and the scale. MLflow 3's pytorch flavour would save a traced
 `pt2` graph instead, which cannot be loaded back as weights into the configured architecture, so it is not used: a
-pretrain must stay a plain state dict. The pyfunc side (`srcluster/infer/pyfunc_model.py`, saved as code, not a pickle; referenced by path, so this layer imports no inference code)
-lets `mlflow.pyfunc.load_model` upscale images too.
+pretrain must stay a plain state dict. The pyfunc side (`srcluster/infer/pyfunc_model.py`, saved as code, not a
+pickle; referenced by path, so this layer imports no inference code) lets `mlflow.pyfunc.load_model` upscale images
+too.
 
     log_generator(tracker, run_id, "s3://.../net_g_ema.safetensors", arch="compact", options={}, scale=2,
                   registered_name="demo-fidelity_2x") -> ModelRef(name, version, "models:/demo-fidelity_2x/1", run_id)
@@ -16,7 +17,7 @@ Model versions are immutable, so a resolved version is downloaded once into `$SR
 
 from __future__ import annotations
 
-import datetime
+import datetime as dt
 import getpass
 import hashlib
 import json
@@ -26,11 +27,11 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
-from srcluster import home
+from srcluster import __version__, home
 from srcluster.errors import SrclusterError
 from srcluster.storage import StorageSettings, redact_url
 from srcluster.tracking import tags as tag
@@ -68,7 +69,7 @@ def _fetch(generator: str | Path, dest: Path, settings: StorageSettings) -> Path
     """The generator file (local path or any fsspec URL) copied to `dest`."""
     fs, path = settings.filesystem(str(generator))
     try:
-        dest.write_bytes(fs.cat_file(path))
+        dest.write_bytes(cast(bytes, fs.cat_file(path)))  # fsspec is untyped; cat_file reads in binary mode
     except FileNotFoundError:
         raise SrclusterError(f"generator {generator} does not exist") from None
     return dest
@@ -79,12 +80,11 @@ def _free_artifact_path(tracker: Tracker, run_id: str) -> str:
     return next(p for p in (MODEL_DIR, *(f"{MODEL_DIR}_{i}" for i in range(2, 1000))) if p not in taken)
 
 
-def save_model_folder(generator: str | Path, folder: Path, *, arch: str, options: dict[str, Any], scale: int,
-                      settings: StorageSettings) -> Path:
+def save_model_folder(
+    generator: str | Path, folder: Path, *, arch: str, options: dict[str, Any], scale: int, settings: StorageSettings
+) -> Path:
     """An MLflow pyfunc model folder at `folder` carrying the generator and its arch, options and scale."""
-    import mlflow.pyfunc
-
-    from srcluster import __version__
+    import mlflow.pyfunc  # mlflow is heavy; the CLI parser imports this module
 
     with tempfile.TemporaryDirectory() as tmp:
         weights = _fetch(generator, Path(tmp) / (Path(str(generator)).name or "net_g.safetensors"), settings)
@@ -103,9 +103,18 @@ def save_model_folder(generator: str | Path, folder: Path, *, arch: str, options
     return folder
 
 
-def log_generator(tracker: Tracker, run_id: str, generator: str | Path, *, arch: str, options: dict[str, Any],
-                  scale: int, settings: StorageSettings, registered_name: str | None = None,
-                  tags: dict[str, str] | None = None) -> ModelRef:
+def log_generator(
+    tracker: Tracker,
+    run_id: str,
+    generator: str | Path,
+    *,
+    arch: str,
+    options: dict[str, Any],
+    scale: int,
+    settings: StorageSettings,
+    registered_name: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> ModelRef:
     """Log `generator` (.safetensors, path or URL, read through `settings`) into run `run_id` as an MLflow model and
     register it.
 
@@ -115,25 +124,42 @@ def log_generator(tracker: Tracker, run_id: str, generator: str | Path, *, arch:
     client = tracker.client
     run = client.get_run(run_id)
     name = registered_name or run.info.run_name
+    if not name:
+        raise SrclusterError(f"run {run_id} has no name to register its generator under: pass registered_name")
+    artifact_root = run.info.artifact_uri
+    if artifact_root is None:
+        raise SrclusterError(f"run {run_id} has no artifact location to register its generator from")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_model_folder(generator, Path(tmp) / MODEL_DIR, arch=arch, options=options, scale=scale,
-                                   settings=settings)
+        folder = save_model_folder(
+            generator, Path(tmp) / MODEL_DIR, arch=arch, options=options, scale=scale, settings=settings
+        )
         artifact_path = _free_artifact_path(tracker, run_id)
         tracker.log_artifacts(run_id, folder, artifact_path)
     # the run's lineage (version, commit, Ray job, pretrain, data, recipe) travels with the model version
     version_tags = {k: v for k, v in run.data.tags.items() if k.startswith(tag.PREFIX) and k not in tag.RUN_ONLY}
-    version_tags.update({tag.ARCH: arch, tag.ARCH_OPTIONS: json.dumps(options, sort_keys=True), tag.SCALE: str(scale),
-                         tag.GENERATOR: str(generator), **(tags or {})})
+    version_tags.update(
+        {
+            tag.ARCH: arch,
+            tag.ARCH_OPTIONS: json.dumps(options, sort_keys=True),
+            tag.SCALE: str(scale),
+            tag.GENERATOR: str(generator),
+            **(tags or {}),
+        }
+    )
     _ensure_registered_model(tracker, name)
-    version = client.create_model_version(name, f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}", run_id=run_id,
-                                          tags={k: str(v) for k, v in version_tags.items()})
+    version = client.create_model_version(
+        name,
+        f"{artifact_root.rstrip('/')}/{artifact_path}",
+        run_id=run_id,
+        tags={k: str(v) for k, v in version_tags.items()},
+    )
     ref = ModelRef(name, str(version.version), f"models:/{name}/{version.version}", run_id)
     tracker.set_tags(run_id, {tag.REGISTERED_MODEL: ref.uri})
     return ref
 
 
 def _ensure_registered_model(tracker: Tracker, name: str) -> None:
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # mlflow is heavy; the CLI parser imports this module
 
     try:
         tracker.client.get_registered_model(name)
@@ -147,7 +173,7 @@ def _ensure_registered_model(tracker: Tracker, name: str) -> None:
 
 def find_registered(tracker: Tracker, name: str, run_id: str) -> ModelRef | None:
     """The newest version of `name` registered from `run_id`, if any (so a reused stage is not registered twice)."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # mlflow is heavy; the CLI parser imports this module
 
     try:
         found = tracker.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
@@ -163,7 +189,7 @@ def set_alias(tracker: Tracker, name: str, version: str | int, alias: str, *, re
     """Point `models:/name@alias` at `version`; who, when and why are kept as tags on that version."""
     get_version(tracker, name, str(version))  # one-line error for an unknown name or version
     tracker.client.set_registered_model_alias(name, alias, str(version))
-    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     for key, value in {"by": getpass.getuser(), "at": stamp, "reason": reason}.items():
         tracker.client.set_model_version_tag(name, str(version), tag.alias_note(alias, key), value)
 
@@ -173,7 +199,7 @@ def set_alias(tracker: Tracker, name: str, version: str | int, alias: str, *, re
 
 def get_version(tracker: Tracker, name: str, version: str | None = None, alias: str | None = None):
     """The registry's ModelVersion for name + version or alias, or a one-line error naming what is missing."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # mlflow is heavy; the CLI parser imports this module
 
     try:
         tracker.client.get_registered_model(name)
@@ -197,7 +223,7 @@ def _where(tracker: Tracker) -> str:
 
 def download_version(tracker: Tracker, version) -> Path:
     """The model folder of a ModelVersion on local disk, downloaded once per (registry, name, version)."""
-    import mlflow.artifacts
+    import mlflow.artifacts  # mlflow is heavy; the CLI parser imports this module
 
     registry = hashlib.sha256(tracker.uri.encode()).hexdigest()[:10]
     folder = home.home() / "models" / registry / version.name / str(version.version)
@@ -206,11 +232,14 @@ def download_version(tracker: Tracker, version) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{version.version}-", dir=folder.parent))
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(staging),
-                                                    tracking_uri=tracker.uri)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=version.source, dst_path=str(staging), tracking_uri=tracker.uri
+        )
         if not (Path(local) / "MLmodel").exists():
-            raise SrclusterError(f"models:/{version.name}/{version.version} ({version.source}) is not an MLflow model "
-                                 "folder (no MLmodel file)")
+            raise SrclusterError(
+                f"models:/{version.name}/{version.version} ({version.source}) is not an MLflow model "
+                "folder (no MLmodel file)"
+            )
         try:
             Path(local).rename(folder)  # atomic: a concurrent reader sees no folder or a whole one
         except OSError:
@@ -225,12 +254,17 @@ def read_model_folder(folder: Path, label: str) -> tuple[Path, str, dict[str, An
     """(safetensors path, arch, options, scale) from a logged generator folder."""
     spec = yaml.safe_load((folder / "MLmodel").read_text())
     meta = spec.get("metadata") or {}
-    artifacts = (spec.get("flavors", {}).get("python_function", {}).get("artifacts") or {})
+    artifacts = spec.get("flavors", {}).get("python_function", {}).get("artifacts") or {}
     if GENERATOR_ARTIFACT not in artifacts or "arch" not in meta:
-        raise SrclusterError(f"{label} was not logged by srcluster (its MLmodel has no generator artifact or arch "
-                             "metadata)")
-    return folder / artifacts[GENERATOR_ARTIFACT]["path"], meta["arch"], dict(meta.get("arch_options") or {}), \
-        int(meta["scale"])
+        raise SrclusterError(
+            f"{label} was not logged by srcluster (its MLmodel has no generator artifact or arch metadata)"
+        )
+    return (
+        folder / artifacts[GENERATOR_ARTIFACT]["path"],
+        meta["arch"],
+        dict(meta.get("arch_options") or {}),
+        int(meta["scale"]),
+    )
 
 
 def resolve_model_uri(uri: str, *, tracker: Tracker | None = None) -> tuple[str, str, dict[str, Any], int]:

@@ -40,10 +40,20 @@ class Run:
 
 
 @contextmanager
-def run(tracker: Tracker, experiment: str, *, name: str, match: dict[str, str] | None = None,
-        params: dict[str, Any] | None = None, tags: dict[str, str] | None = None, parent_run_id: str | None = None,
-        fresh: bool = False, reuse_if: Callable[[Any], bool] | None = None,
-        reopen_finished: bool = True, log: Callable[[str], None] | None = None) -> Iterator[Run]:
+def run(
+    tracker: Tracker,
+    experiment: str,
+    *,
+    name: str,
+    match: dict[str, str] | None = None,
+    params: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+    fresh: bool = False,
+    reuse_if: Callable[[Any], bool] | None = None,
+    reopen_finished: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> Iterator[Run]:
     """The run in `experiment` that carries every tag of `match`, or a new one carrying them.
 
     - an earlier run that FINISHED and passes `reuse_if` is handed back as `reused` and left untouched;
@@ -54,7 +64,7 @@ def run(tracker: Tracker, experiment: str, *, name: str, match: dict[str, str] |
     """
     previous = None if fresh or not match else tracker.find_run(experiment, match)
     finished = previous is not None and previous.info.status == "FINISHED"
-    if finished and reuse_if is not None and reuse_if(previous):
+    if previous is not None and finished and reuse_if is not None and reuse_if(previous):
         yield Run(tracker, previous.info.run_id, "reused", previous)
         return
     if previous is not None and (reopen_finished or not finished):
@@ -63,8 +73,9 @@ def run(tracker: Tracker, experiment: str, *, name: str, match: dict[str, str] |
         if log:
             log(f"{name}: continuing MLflow run {handle.id}")
     else:
-        run_id = tracker.start_run(experiment, name, params=params, tags={**(match or {}), **(tags or {})},
-                                   parent_run_id=parent_run_id)
+        run_id = tracker.start_run(
+            experiment, name, params=params, tags={**(match or {}), **(tags or {})}, parent_run_id=parent_run_id
+        )
         handle = Run(tracker, run_id, "new")
     try:
         yield handle

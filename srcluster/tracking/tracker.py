@@ -9,15 +9,17 @@ run id cross process boundaries; artifacts go through the tracking server's prox
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import logging
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from srcluster import __version__, home
+import requests
+
+from srcluster import __version__, home, stack
 from srcluster.errors import SrclusterError
 from srcluster.storage import redact_url
 from srcluster.tracking import tags as tag
@@ -33,15 +35,19 @@ def resolve_tracking_uri(explicit: str | None = None) -> str:
         return explicit
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    from srcluster import stack
-
     return stack.mlflow_url() or f"sqlite:///{home.home() / 'mlflow-local.db'}"
 
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+            check=False,  # outside a git checkout there is no commit: the return code is read below
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -53,7 +59,7 @@ class Tracker:
     `srcluster sync`)."""
 
     def __init__(self, tracking_uri: str | None = None, *, buffered: bool = False):
-        from mlflow import MlflowClient
+        from mlflow import MlflowClient  # mlflow is heavy; the launchers and the CLI parser import this module
 
         self.uri = resolve_tracking_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri=self.uri)
@@ -63,14 +69,13 @@ class Tracker:
         """Fail fast with one line when the tracking server cannot be used."""
         if not self.uri.startswith("http"):
             return
-        import requests
-
         try:
             requests.get(self.uri.rstrip("/") + "/health", timeout=5).raise_for_status()
         except requests.RequestException as exc:
             hint = " (start it with `srcluster stack up`)" if "127.0.0.1" in self.uri else ""
-            raise SrclusterError(f"cannot reach the MLflow tracking server at {redact_url(self.uri)}{hint}: "
-                                 f"{exc.__class__.__name__}") from None
+            raise SrclusterError(
+                f"cannot reach the MLflow tracking server at {redact_url(self.uri)}{hint}: {exc.__class__.__name__}"
+            ) from None
 
     def experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
@@ -83,8 +88,15 @@ class Tracker:
             location = (home.home() / "mlflow-artifacts").as_uri()
         return self.client.create_experiment(name, artifact_location=location)
 
-    def start_run(self, experiment: str, run_name: str, *, params: dict[str, Any] | None = None,
-                  tags: dict[str, str] | None = None, parent_run_id: str | None = None) -> str:
+    def start_run(
+        self,
+        experiment: str,
+        run_name: str,
+        *,
+        params: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
+        parent_run_id: str | None = None,
+    ) -> str:
         all_tags = {tag.VERSION: __version__, **(tags or {})}
         if commit := git_commit():
             all_tags[tag.GIT_COMMIT] = commit
@@ -103,8 +115,9 @@ class Tracker:
         if found is None:
             return None
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-        runs = self.client.search_runs([found.experiment_id], query, order_by=["attributes.start_time DESC"],
-                                       max_results=1)
+        runs = self.client.search_runs(
+            [found.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1
+        )
         return runs[0] if runs else None
 
     def get_run(self, run_id: str):
@@ -115,14 +128,14 @@ class Tracker:
         self.client.update_run(run_id, status="RUNNING")
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # mlflow is heavy; the launchers and the CLI parser import this module
 
         items = [Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in params.items()]
         for i in range(0, len(items), BATCH_LIMIT):
             self.client.log_batch(run_id, params=items[i : i + BATCH_LIMIT])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int, timestamp_ms: int | None = None) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # mlflow is heavy; the launchers and the CLI parser import this module
 
         timestamp_ms = timestamp_ms or now_ms()
         items = [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()]
@@ -141,8 +154,13 @@ class Tracker:
         self._send(call, "tags", run_id, tags=tags)
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-        self._send(lambda: self.client.log_artifact(run_id, str(path), artifact_path), "artifact", run_id,
-                   path=str(path), artifact_path=artifact_path)
+        self._send(
+            lambda: self.client.log_artifact(run_id, str(path), artifact_path),
+            "artifact",
+            run_id,
+            path=str(path),
+            artifact_path=artifact_path,
+        )
 
     def log_artifacts(self, run_id: str, folder: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(folder), artifact_path)
@@ -218,8 +236,12 @@ class Spool:
     def add(self, kind: str, run_id: str, **data: Any) -> None:
         if not self.path.exists():
             self.next_try = time.monotonic() + self.RETRY_S
-            log.warning("MLflow server %s cannot be reached: keeping tracking calls in %s until it answers "
-                        "(or run `srcluster sync`)", redact_url(self.tracker.uri), self.folder)
+            log.warning(
+                "MLflow server %s cannot be reached: keeping tracking calls in %s until it answers "
+                "(or run `srcluster sync`)",
+                redact_url(self.tracker.uri),
+                self.folder,
+            )
         if kind == "artifact":
             copy = self.folder / "artifacts" / f"{now_ms()}-{Path(data['path']).name}"
             copy.parent.mkdir(parents=True, exist_ok=True)
@@ -230,7 +252,8 @@ class Spool:
             out.write(json.dumps({"kind": kind, "run_id": run_id, **data}) + "\n")
 
     def replay(self, path: Path) -> int:
-        """Deliver the calls in `path` in order; stop at the first failure and keep the rest. Returns the number sent."""
+        """Deliver the calls in `path` in order; stop at the first failure and keep the rest. Returns the number
+        sent."""
         direct = Tracker(self.tracker.uri)
         lines = path.read_text().splitlines()
         sent = 0

@@ -63,7 +63,8 @@ def for_job(job: Job, higher_is_better: bool) -> Best | None:
 
 def publish(url: str, net: nn.Module, best: Best, settings: StorageSettings) -> None:
     """Upload the generator of the new best, then point `best.json` at it, then drop the generators it replaced."""
-    from srcluster.components import weights  # torch: only on the rank that publishes (run_stage reads best.json)
+    # torch: run_stage (imported by launch/submit for worker_env) reads best.json through this module
+    from srcluster.components import weights
 
     fs, root = settings.filesystem(url)
     name = f"net_g_ema_{best.iteration:07d}.safetensors"

@@ -9,6 +9,7 @@ stage, the data, the validator and their reporter (train/reporters.py), then cal
 from __future__ import annotations
 
 import logging
+import resource
 import tempfile
 import time
 from collections.abc import Iterable
@@ -19,6 +20,7 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
+from ray.train.v2._internal.execution import context as ray_train_context
 from torch import nn
 
 from srcluster.config import Job
@@ -45,7 +47,8 @@ class Batches(Iterable, Protocol):
 
 
 def run(stage: Stage, batches: Batches, validator: Validator | None, reporter: Reporter) -> None:
-    """Train `stage` to `train.total_iter` (or its plateau stop), reporting at the job's log, validation and save points.
+    """Train `stage` to `train.total_iter` (or its plateau stop), reporting at the job's log, validation and save
+    points.
 
     `validator` is rank 0's (None elsewhere, or when the job does not validate); every rank reaches the same report
     points, so a reporter whose report is a barrier (Ray Train) sees each on every rank.
@@ -111,13 +114,15 @@ def run(stage: Stage, batches: Batches, validator: Validator | None, reporter: R
                 f"peak mem {metrics['peak_memory_mb']:.0f} MB | eta {eta:.0f}s {val_text}".rstrip()
             )
             reporter.log(metrics, it)
-        plateaued = val_now and stage.best is not None and agree(stage.best.plateaued, device, world)
-        if plateaued and rank == 0:  # only rank 0 holds the best value
-            say(
-                f"stopping at iteration {it}: {stage.best.metric} has not improved by more than "
-                f"{stage.best.min_delta} for {stage.best.patience} validations (best {stage.best.value:.4f} at "
-                f"iteration {stage.best.iteration})"
-            )
+        plateaued = False
+        if val_now and stage.best is not None:
+            plateaued = agree(stage.best.plateaued, device, world)
+            if plateaued and rank == 0:  # only rank 0 holds the best value
+                say(
+                    f"stopping at iteration {it}: {stage.best.metric} has not improved by more than "
+                    f"{stage.best.min_delta} for {stage.best.patience} validations (best {stage.best.value:.4f} at "
+                    f"iteration {stage.best.iteration})"
+                )
         save_now = it % job.logger.save_checkpoint_freq == 0 or is_last or plateaued
         reporter.report(
             stage, {"iteration": it, **metrics, "stopped_early": int(plateaued)}, save=save_now, validated=val_now
@@ -151,8 +156,6 @@ def agree(flag: bool, device: torch.device, world: int) -> bool:
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource  # Unix only
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
@@ -164,8 +167,6 @@ def train_worker(config: dict[str, Any]) -> None:
     "best_uri"})`): the stage, its share of the data, rank 0's validator and the Ray Train reporter, then `run`."""
     # Ray Train logs every report at INFO ("Reporting training result ...", through a logger named after its file);
     # keep the console for progress lines.
-    from ray.train.v2._internal.execution import context as ray_train_context
-
     ray_train_context.logger.setLevel(logging.WARNING)
     job = Job.model_validate(config["job"])
     settings = StorageSettings.resolve(job.srcluster.s3_endpoint)  # once per worker process; passed down from here

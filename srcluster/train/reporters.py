@@ -99,6 +99,8 @@ class TuneReporter(Reporter):
         specs = stage_specs(stage.job)
         apply_optimizer_options(stage.optim_g, stage.sched_g, specs.optim_g)
         if stage.optim_d is not None:
+            # build_stage builds D's optimizer and schedule from stage_specs' optim_d, all three with a ganloss
+            assert stage.sched_d is not None and specs.optim_d is not None
             apply_optimizer_options(stage.optim_d, stage.sched_d, specs.optim_d)
         return True
 

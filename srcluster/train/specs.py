@@ -30,7 +30,7 @@ def network_spec(network: Network) -> NetworkSpec:
 
 
 def optimizer_spec(options: Optimizer) -> OptimizerSpec:
-    return OptimizerSpec(options.type, options.lr, options.weight_decay, tuple(options.betas))
+    return OptimizerSpec(options.type, options.lr, options.weight_decay, options.betas)
 
 
 def stage_specs(job: Job) -> StageSpecs:

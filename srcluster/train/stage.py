@@ -55,8 +55,9 @@ def preflight(job: Job, settings: StorageSettings, storage: str, tracker: Tracke
         settings.check(url)
         fs, path = settings.filesystem(url)
         if not (fs.exists(path) or "{" in path):
-            raise SrclusterError(f"dataset {url} does not exist (build shards with `srcluster data sample` or "
-                                 "`srcluster shards build`)")
+            raise SrclusterError(
+                f"dataset {url} does not exist (build shards with `srcluster data sample` or `srcluster shards build`)"
+            )
     settings.check(storage, create_bucket=False)
     tracker.check()
     check_weights(job)
@@ -65,6 +66,7 @@ def preflight(job: Job, settings: StorageSettings, storage: str, tracker: Tracke
 def check_weights(job: Job) -> None:
     """Build the losses and metrics that read pretrained weights (VGG19, LPIPS, DISTS) once here, on the CPU, so a
     missing weights file is reported before any worker starts."""
+    # torch: launch/submit imports this module for worker_env, so torch loads only when a stage runs
     from srcluster.components.losses import build_loss
     from srcluster.train.validate import build_metrics
 
@@ -75,8 +77,13 @@ def check_weights(job: Job) -> None:
         build_metrics(job.val.metrics, job.scale)
 
 
-def worker_env(settings: StorageSettings, tracking_uri: str | None, *, ray_workers: bool = False,
-               s3_retry_deadline_s: float | None = None) -> dict[str, str]:
+def worker_env(
+    settings: StorageSettings,
+    tracking_uri: str | None,
+    *,
+    ray_workers: bool = False,
+    s3_retry_deadline_s: float | None = None,
+) -> dict[str, str]:
     """The environment of every process srcluster starts away from this one (Ray Train workers, Tune trials, a submitted
     job's driver, Slurm and KubeRay pods): where storage and the tracking server are, never a secret (each process
     resolves its keys itself).
@@ -97,14 +104,18 @@ def worker_env(settings: StorageSettings, tracking_uri: str | None, *, ray_worke
 
 
 def ensure_ray(env: dict[str, str]) -> None:
-    import ray
+    import ray  # heavy: launch/submit imports this module for worker_env, so ray loads only when a stage runs
 
     if ray.is_initialized():
         return
     # RAY_ADDRESS (set by `ray job submit` and on clusters) joins an existing cluster; otherwise start a local one.
     # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
-    ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env}, log_to_driver=True,
-             configure_logging=False)
+    ray.init(
+        address=os.environ.get("RAY_ADDRESS"),
+        runtime_env={"env_vars": env},
+        log_to_driver=True,
+        configure_logging=False,
+    )
 
 
 def run_key(job: Job) -> str:
@@ -118,23 +129,43 @@ def run_key(job: Job) -> str:
 
 
 def finished_result(job: Job, tracker: Tracker, run) -> StageResult:
-    from srcluster.train.loop import GENERATOR_FILE
+    from srcluster.train.loop import GENERATOR_FILE  # torch and ray: this module stays light for launch/submit
 
     tags = run.data.tags
     checkpoint_uri = tags[tag.CHECKPOINT_URI]
     generator_uri = tags.get(tag.GENERATOR_URI, f"{checkpoint_uri}/{GENERATOR_FILE}")
     best = None
     if tag.BEST_METRIC in tags:
-        best = {"metric": tags[tag.BEST_METRIC], "value": float(tags[tag.BEST_VALUE]),
-                "iteration": int(tags[tag.BEST_ITERATION]), "generator_uri": generator_uri}
+        best = {
+            "metric": tags[tag.BEST_METRIC],
+            "value": float(tags[tag.BEST_VALUE]),
+            "iteration": int(tags[tag.BEST_ITERATION]),
+            "generator_uri": generator_uri,
+        }
     iterations = int(tags.get(tag.ITERATIONS, job.train.total_iter))
-    return StageResult(job.name, run.info.run_id, iterations, dict(run.data.metrics), checkpoint_uri, generator_uri,
-                       tracker.run_url(run.info.run_id), reused=True, best=best)
+    return StageResult(
+        job.name,
+        run.info.run_id,
+        iterations,
+        dict(run.data.metrics),
+        checkpoint_uri,
+        generator_uri,
+        tracker.run_url(run.info.run_id),
+        reused=True,
+        best=best,
+    )
 
 
-def run_stage(job: Job, *, run_name: str | None = None, parent_run_id: str | None = None,
-              tags: dict[str, str] | None = None, fresh: bool = False, log=print,
-              callbacks: list | None = None) -> StageResult:
+def run_stage(
+    job: Job,
+    *,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    fresh: bool = False,
+    log=print,
+    callbacks: list | None = None,
+) -> StageResult:
     """Train one stage. A rerun of the same config resumes its unfinished run from the latest checkpoint, or returns
     the finished one without training again (`fresh=True` starts over instead)."""
     settings = StorageSettings.resolve(job.srcluster.s3_endpoint)  # once per driver: every read below goes through it
@@ -144,11 +175,17 @@ def run_stage(job: Job, *, run_name: str | None = None, parent_run_id: str | Non
 
     experiment = job.srcluster.mlflow.experiment or job.name
     key = run_key(job) + (f"-{int(time.time())}" if fresh else "")
-    with runs.run(tracker, experiment, name=run_name or job.name, match={tag.RUN_KEY: key}, fresh=fresh,
-                  params={**job_params(job), "effective_batch": job.effective_batch},
-                  tags={tag.STAGE: job.name, **(tags or {})},
-                  parent_run_id=parent_run_id or job.srcluster.mlflow.parent_run_id,
-                  reuse_if=lambda previous: tag.CHECKPOINT_URI in previous.data.tags) as run:
+    with runs.run(
+        tracker,
+        experiment,
+        name=run_name or job.name,
+        match={tag.RUN_KEY: key},
+        fresh=fresh,
+        params={**job_params(job), "effective_batch": job.effective_batch},
+        tags={tag.STAGE: job.name, **(tags or {})},
+        parent_run_id=parent_run_id or job.srcluster.mlflow.parent_run_id,
+        reuse_if=lambda previous: tag.CHECKPOINT_URI in previous.data.tags,
+    ) as run:
         if run.reused:
             log(f"{job.name}: already trained in MLflow run {run.id}; reusing it (--fresh to train again)")
             return finished_result(job, tracker, run.previous)
@@ -159,9 +196,19 @@ def run_stage(job: Job, *, run_name: str | None = None, parent_run_id: str | Non
     return result
 
 
-def fit(job: Job, settings: StorageSettings, storage: str, tracker: Tracker, run_id: str, key: str, *, log,
-        callbacks: list | None) -> StageResult:
+def fit(
+    job: Job,
+    settings: StorageSettings,
+    storage: str,
+    tracker: Tracker,
+    run_id: str,
+    key: str,
+    *,
+    log,
+    callbacks: list | None,
+) -> StageResult:
     """The Ray Train run of an open MLflow run, then its generator(s) logged and its outcome tagged on the run."""
+    # ray and torch: launch/submit imports this module for worker_env, so they load only when a stage runs
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -171,16 +218,27 @@ def fit(job: Job, settings: StorageSettings, storage: str, tracker: Tracker, run
     storage_path, storage_fs = settings.ray_storage(storage)
     best_uri = f"{storage.rstrip('/')}/{key}/best"
     workers = job.srcluster.workers  # a (min, max) tuple makes the run elastic
-    scaling = ScalingConfig(num_workers=workers, use_gpu=job.srcluster.use_gpu,
-                            resources_per_worker={"CPU": job.srcluster.cpus_per_worker,
-                                                  **({"GPU": job.srcluster.gpus_per_worker} if job.srcluster.use_gpu else {})})
+    scaling = ScalingConfig(
+        num_workers=workers,
+        use_gpu=job.srcluster.use_gpu,
+        resources_per_worker={
+            "CPU": job.srcluster.cpus_per_worker,
+            **({"GPU": job.srcluster.gpus_per_worker} if job.srcluster.use_gpu else {}),
+        },
+    )
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"job": job.model_dump(mode="json"), "run_id": run_id, "tracking_uri": tracker.uri,
-                           "best_uri": best_uri},
+        train_loop_config={
+            "job": job.model_dump(mode="json"),
+            "run_id": run_id,
+            "tracking_uri": tracker.uri,
+            "best_uri": best_uri,
+        },
         scaling_config=scaling,
         run_config=RunConfig(
-            name=key, storage_path=storage_path, storage_filesystem=storage_fs,
+            name=key,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=job.srcluster.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=job.srcluster.checkpoints.keep_last),
             worker_runtime_env={"env_vars": env},
@@ -215,12 +273,18 @@ def fit(job: Job, settings: StorageSettings, storage: str, tracker: Tracker, run
             tracker.log_artifact(run_id, best_file, "model/best")
     outcome = {tag.CHECKPOINT_URI: checkpoint_uri, tag.GENERATOR_URI: generator_uri, tag.ITERATIONS: str(iterations)}
     if best:
-        outcome.update({tag.BEST_METRIC: best["metric"], tag.BEST_VALUE: f"{best['value']:.6g}",
-                        tag.BEST_ITERATION: str(best["iteration"])})
+        outcome.update(
+            {
+                tag.BEST_METRIC: best["metric"],
+                tag.BEST_VALUE: f"{best['value']:.6g}",
+                tag.BEST_ITERATION: str(best["iteration"]),
+            }
+        )
         log(f"{job.name}: best {best['metric']} {best['value']:.4f} at iteration {best['iteration']}")
     tracker.set_tags(run_id, outcome)
-    return StageResult(job.name, run_id, iterations, metrics, checkpoint_uri, generator_uri, tracker.run_url(run_id),
-                       best=best)
+    return StageResult(
+        job.name, run_id, iterations, metrics, checkpoint_uri, generator_uri, tracker.run_url(run_id), best=best
+    )
 
 
 KNOWN_WORKER_ERRORS = ("NonFiniteLossError", "OutOfMemoryError", "SrclusterError", "StorageError")
@@ -254,7 +318,8 @@ def checkpoint_url(storage: str, storage_path: str, checkpoint_path: str) -> str
 
 def recorded_checkpoints(run_folder: str, settings: StorageSettings) -> list[int]:
     """Iterations of the checkpoints Ray Train has recorded as complete for a run folder (`<storage>/<run key>`), from
-    its snapshot; a checkpoint folder that is not in it (an upload cut off, a report never received) is never resumed."""
+    its snapshot; a checkpoint folder that is not in it (an upload cut off, a report never received) is never
+    resumed."""
     fs, path = settings.filesystem(run_folder)
     try:
         snapshot = json.loads(fs.cat_file(f"{path}/checkpoint_manager_snapshot.json"))

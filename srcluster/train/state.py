@@ -9,10 +9,11 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from srcluster.components import archs, losses, weights
 from srcluster.components.optim import EMA, build_optimizer, build_scheduler
@@ -50,13 +51,13 @@ class Stage:
     raw_g: nn.Module
     ema: EMA | None
     optim_g: torch.optim.Optimizer
-    sched_g: torch.optim.lr_scheduler.LRScheduler
+    sched_g: LambdaLR
     pixel_losses: list[tuple[str, float, nn.Module]]
     gan: tuple[float, nn.Module] | None = None
     net_d: nn.Module | None = None
     raw_d: nn.Module | None = None
     optim_d: torch.optim.Optimizer | None = None
-    sched_d: torch.optim.lr_scheduler.LRScheduler | None = None
+    sched_d: LambdaLR | None = None
     scaler: torch.amp.GradScaler | None = None  # fp16 autocast only; bf16 and fp32 need no loss scaling
     iteration: int = 0
     nonfinite_streak: int = 0
@@ -131,7 +132,8 @@ def build_stage(job: Job, device: torch.device, wrap=lambda net: net, log=print)
             pixel.append((spec.type, spec.weight, module))
     stage = Stage(job, device, wrap(raw_g), raw_g, ema, optim_g, build_scheduler(optim_g, specs.scheduler), pixel, gan)
     if job.use_compile:  # the training forward only: EMA, validation and checkpoints use the plain module
-        stage.net_g = torch.compile(stage.net_g, mode=job.compile_mode)
+        # a Module in, an OptimizedModule (a Module) out; torch.compile's annotations only promise a callable
+        stage.net_g = cast(nn.Module, torch.compile(stage.net_g, mode=job.compile_mode))
     if job.use_amp and not job.amp_bf16 and device.type == "cuda":
         stage.scaler = torch.amp.GradScaler("cuda")
     if gan is not None:

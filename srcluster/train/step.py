@@ -7,11 +7,15 @@ loop around it is `srcluster.train.loop.run`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import operator
 import time
+from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from srcluster.config import Job
 from srcluster.train.batch import to_batch
@@ -19,13 +23,33 @@ from srcluster.train.state import Stage
 
 
 def no_sync(net: nn.Module, skip: bool):
-    return net.no_sync() if skip and hasattr(net, "no_sync") else contextlib.nullcontext()
+    """DDP's `no_sync()` (gradients kept local) when `skip`; a plain module (one worker) has none. Looked up by name:
+    a compiled DDP module forwards it to the DDP module inside."""
+    hold_gradients = getattr(net, "no_sync", None) if skip else None
+    return hold_gradients() if hold_gradients is not None else contextlib.nullcontext()
+
+
+class Gan(NamedTuple):
+    """A GAN stage's adversarial side: the weighted ganloss and the discriminator it scores with."""
+
+    weight: float
+    loss: nn.Module
+    net_d: nn.Module  # DDP-wrapped when world > 1
+    raw_d: nn.Module
+
+
+def gan_of(stage: Stage) -> Gan | None:
+    if stage.gan is None:
+        return None
+    assert stage.net_d is not None and stage.raw_d is not None  # build_stage builds D with every ganloss
+    return Gan(*stage.gan, stage.net_d, stage.raw_d)
 
 
 def train_step(stage: Stage, batches, accum: int) -> dict[str, float]:
     """One optimiser step over `accum` micro-batches; gradients are all-reduced only on the last one."""
     job, device = stage.job, stage.device
-    totals: dict[str, float] = {}
+    gan = gan_of(stage)
+    totals: dict[str, torch.Tensor] = {}  # each loss term, summed over the micro-batches on the device
     data_wait = 0.0
     for micro in range(accum):
         start = time.perf_counter()
@@ -38,32 +62,32 @@ def train_step(stage: Stage, batches, accum: int) -> dict[str, float]:
         last = micro == accum - 1
         with no_sync(stage.net_g, not last), amp_context(job, device):
             sr = stage.net_g(lr)
-            terms = {
+            terms: dict[str, torch.Tensor] = {
                 f"l_g_{name}": weight * loss(sr.float(), batch.target(name))
                 for name, weight, loss in stage.pixel_losses
             }
-            if stage.gan is not None:
+            if gan is not None:
                 # D scores the fake through its raw module with frozen weights: no DDP hook waits for D gradients here.
-                stage.raw_d.requires_grad_(False)
-                weight, gan_loss = stage.gan
-                terms["l_g_gan"] = weight * gan_loss(stage.raw_d(sr), True, is_disc=False)
-                stage.raw_d.requires_grad_(True)
-            loss_g = sum(terms.values())
+                gan.raw_d.requires_grad_(False)
+                terms["l_g_gan"] = gan.weight * gan.loss(gan.raw_d(sr), True, is_disc=False)
+                gan.raw_d.requires_grad_(True)
+            loss_g = functools.reduce(operator.add, terms.values())
         scale(stage, loss_g / accum).backward()
         for name, value in terms.items():
             totals[name] = totals.get(name, 0.0) + value.detach() / accum
-        if stage.gan is not None:
-            with no_sync(stage.net_d, not last), amp_context(job, device):
+        if gan is not None:
+            with no_sync(gan.net_d, not last), amp_context(job, device):
                 # real and fake in one forward pass, so DDP sees exactly one forward per backward
-                logits = stage.net_d(torch.cat([hr, sr.detach()]))
+                logits = gan.net_d(torch.cat([hr, sr.detach()]))
                 real, fake = logits.chunk(2)
-                l_real, l_fake = stage.gan[1](real, True, is_disc=True), stage.gan[1](fake, False, is_disc=True)
+                l_real, l_fake = gan.loss(real, True, is_disc=True), gan.loss(fake, False, is_disc=True)
             scale(stage, (l_real + l_fake) / accum).backward()
             totals["l_d_real"] = totals.get("l_d_real", 0.0) + l_real.detach() / accum
             totals["l_d_fake"] = totals.get("l_d_fake", 0.0) + l_fake.detach() / accum
-    steps = [
-        (optim, sched) for optim, sched in ((stage.optim_g, stage.sched_g), (stage.optim_d, stage.sched_d)) if optim
-    ]
+    steps: list[tuple[torch.optim.Optimizer, LambdaLR]] = [(stage.optim_g, stage.sched_g)]
+    if stage.optim_d is not None:
+        assert stage.sched_d is not None  # build_stage builds D's schedule with its optimizer
+        steps.append((stage.optim_d, stage.sched_d))
     if stage.scaler:
         for optim, _ in steps:
             stage.scaler.unscale_(optim)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import nn
 
 from srcluster.components import perceptual
@@ -29,11 +30,10 @@ class ValImage:
 
 def prepare(images, scale: int) -> list[ValImage]:
     out = []
-    for name, hr in images:
-        if hr.shape[0] == 1:
-            hr = hr.expand(3, -1, -1)
-        h, w = (hr.shape[1] // scale) * scale, (hr.shape[2] // scale) * scale
-        hr = hr[:3, :h, :w].contiguous()
+    for name, image in images:
+        rgb = image.expand(3, -1, -1) if image.shape[0] == 1 else image
+        h, w = (rgb.shape[1] // scale) * scale, (rgb.shape[2] // scale) * scale
+        hr = rgb[:3, :h, :w].contiguous()
         out.append(ValImage(name, hr, bicubic_downscale(hr, scale)))
     return out
 
@@ -151,8 +151,6 @@ def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def save_png(x: torch.Tensor, path: Path) -> Path:
-    from PIL import Image
-
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(x.permute(1, 2, 0).numpy()).save(path)
     return path

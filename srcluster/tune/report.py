@@ -6,6 +6,8 @@ import csv
 import io
 from pathlib import Path
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
@@ -86,12 +88,10 @@ def write_csv(outcome, search: LoadedSearch, path: Path) -> Path:
 
 
 def plot_curves(outcome, path: Path) -> Path:
-    import matplotlib as mpl  # heavy, and only the end of a search draws
-
-    mpl.use("Agg")  # no display on cluster nodes
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    # drawn on its own Agg canvas: no pyplot, so no display backend on cluster nodes and no global figure to close
+    fig = Figure(figsize=(8, 5), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     for row in outcome.rows:
         if not row.curve:
             continue
@@ -107,5 +107,4 @@ def plot_curves(outcome, path: Path) -> Path:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path

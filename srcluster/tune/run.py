@@ -9,17 +9,27 @@ table and the metric plot, and registers the best trial's generator with the ali
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
+
 from srcluster import home
 from srcluster.errors import SrclusterError
 from srcluster.storage import StorageSettings
-from srcluster.tracking import runs
+from srcluster.tracking import models, runs
 from srcluster.tracking import tags as tag
 from srcluster.tracking.tracker import Tracker
+from srcluster.train.loop import GENERATOR_FILE
 from srcluster.train.stage import default_storage, ensure_ray, worker_env
+from srcluster.tune.report import plot_curves, table_text, write_csv
 from srcluster.tune.space import LoadedSearch
 from srcluster.tune.trial import TrialContext, distributed_trial, single_trial
 
@@ -60,58 +70,67 @@ class SearchOutcome:
 # --- resources ----------------------------------------------------------------------------------------------------
 
 
-def plan_resources(search: LoadedSearch, available: dict[str, float]) -> tuple[dict[str, float], int]:
+def plan_resources(search: LoadedSearch, available: Mapping[str, float]) -> tuple[dict[str, float], int]:
     """(resources of the trial's own actor, trials at once). A distributed trial's actor only waits for its Ray Train
     run, whose workers take the CPUs/GPUs, so concurrency is what the cluster holds of whole worker groups."""
     cluster = search.base_job.srcluster
+    # an elastic base job ([min, max] workers) is sized at its max, like its effective batch
+    workers = search.workers if isinstance(search.workers, int) else max(search.workers)
     cpus = search.spec.trial.cpus_per_worker or cluster.cpus_per_worker
-    gpus = (search.spec.trial.gpus_per_worker if search.spec.trial.gpus_per_worker is not None
-            else cluster.gpus_per_worker) if cluster.use_gpu else 0
-    group = {"CPU": cpus * search.workers, "GPU": gpus * search.workers}
+    gpus = (
+        (
+            search.spec.trial.gpus_per_worker
+            if search.spec.trial.gpus_per_worker is not None
+            else cluster.gpus_per_worker
+        )
+        if cluster.use_gpu
+        else 0
+    )
+    group = {"CPU": cpus * workers, "GPU": gpus * workers}
     fits = min(int(available.get(k, 0) // v) for k, v in group.items() if v > 0)
     if fits < 1:
         have = ", ".join(f"{available.get(k, 0):g} {k}" for k in group if group[k] > 0)
         need = ", ".join(f"{v:g} {k}" for k, v in group.items() if v > 0)
-        raise SrclusterError(f"one trial needs {need} ({search.workers} workers) but the cluster has {have}: lower "
-                             "trial.workers or trial.cpus_per_worker")
+        raise SrclusterError(
+            f"one trial needs {need} ({search.workers} workers) but the cluster has {have}: lower "
+            "trial.workers or trial.cpus_per_worker"
+        )
     concurrent = min(fits, search.spec.search.max_concurrent or fits, search.trial_count)
     if search.workers == 1:
-        own = {k: v for k, v in group.items() if v > 0}
-    else:
-        # Tune needs some resource per trial; the trial actor only waits for its Ray Train run, whose workers hold
-        # the CPUs/GPUs, so it asks for a token amount of memory rather than a CPU the workers would miss.
-        own = {"CPU": 0, "memory": 2**20}
-    return own, concurrent
+        return {k: v for k, v in group.items() if v > 0}, concurrent
+    # Tune needs some resource per trial; a distributed trial's actor only waits for its Ray Train run, whose workers
+    # hold the CPUs/GPUs, so it asks for a token amount of memory rather than a CPU the workers would miss.
+    return {"CPU": 0, "memory": 2**20}, concurrent
 
 
 # --- algorithms -----------------------------------------------------------------------------------------------------
 
 
 def make_scheduler(search: LoadedSearch):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
-
     options, job = search.spec.scheduler, search.base_job
     if options.type == "asha":
-        return ASHAScheduler(time_attr="iteration", max_t=job.train.total_iter,
-                             grace_period=options.grace_period or job.val.val_freq,
-                             reduction_factor=options.reduction_factor, brackets=options.brackets)
+        return ASHAScheduler(
+            time_attr="iteration",
+            max_t=job.train.total_iter,
+            grace_period=options.grace_period or job.val.val_freq,
+            reduction_factor=options.reduction_factor,
+            brackets=options.brackets,
+        )
     if options.type == "pbt":
         return PopulationBasedTraining(
-            time_attr="iteration", perturbation_interval=options.perturbation_interval or job.val.val_freq,
+            time_attr="iteration",
+            perturbation_interval=options.perturbation_interval or job.val.val_freq,
             hyperparam_mutations={path: dist.domain() for path, dist in search.dists.items()},
-            quantile_fraction=options.quantile_fraction, resample_probability=options.resample_probability,
-            synch=options.synch)
+            quantile_fraction=options.quantile_fraction,
+            resample_probability=options.resample_probability,
+            synch=options.synch,
+        )
     return FIFOScheduler()
 
 
 def make_search_alg(search: LoadedSearch, concurrent: int):
     if search.spec.search.algorithm == "optuna":
-        from ray.tune.search import ConcurrencyLimiter
-        from ray.tune.search.optuna import OptunaSearch
-
         return ConcurrencyLimiter(OptunaSearch(seed=search.spec.search.seed), max_concurrent=concurrent)
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
     return BasicVariantGenerator(max_concurrent=concurrent, random_state=search.spec.search.seed)
 
 
@@ -128,8 +147,14 @@ def run_search(search: LoadedSearch, *, output_dir: Path | None = None, log=prin
     experiment = base.srcluster.mlflow.experiment or search.name
     key = search.key()
 
-    with runs.run(tracker, experiment, name=f"{search.name}-search", match={tag.TUNE_KEY: key}, params=search.params(),
-                  tags={tag.KIND: "tune", tag.PRETRAIN: base.path.pretrain_network_g or "scratch"}) as parent:
+    with runs.run(
+        tracker,
+        experiment,
+        name=f"{search.name}-search",
+        match={tag.TUNE_KEY: key},
+        params=search.params(),
+        tags={tag.KIND: "tune", tag.PRETRAIN: base.path.pretrain_network_g or "scratch"},
+    ) as parent:
         if parent.state == "reopened":
             log(f"{search.name}: continuing search run {parent.id}")
         grid = fit(search, settings, storage, tracker, experiment, parent.id, key, log)
@@ -138,12 +163,17 @@ def run_search(search: LoadedSearch, *, output_dir: Path | None = None, log=prin
     return outcome
 
 
-def fit(search: LoadedSearch, settings: StorageSettings, storage: str, tracker: Tracker, experiment: str,
-        parent_id: str, key: str, log):
+def fit(
+    search: LoadedSearch,
+    settings: StorageSettings,
+    storage: str,
+    tracker: Tracker,
+    experiment: str,
+    parent_id: str,
+    key: str,
+    log,
+):
     """Run the Tuner (or restore an interrupted one from `storage`) under the open parent run; its ResultGrid."""
-    import ray
-    from ray import tune
-
     env = worker_env(settings, tracker.uri, ray_workers=True)
     ensure_ray(env)
     own, concurrent = plan_resources(search, ray.cluster_resources())
@@ -154,50 +184,73 @@ def fit(search: LoadedSearch, settings: StorageSettings, storage: str, tracker: 
     experiment_path = f"{path}/{key}"
     if tune.Tuner.can_restore(experiment_path, storage_filesystem=fs):
         log(f"{search.name}: resuming the interrupted search from {storage}/{key} (finished trials are kept)")
-        tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=False,
-                                   restart_errored=False, storage_filesystem=fs)
+        tuner = tune.Tuner.restore(
+            experiment_path,
+            trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+            storage_filesystem=fs,
+        )
     else:
-        log(f"{search.name}: {search.spec.num_samples} trials of {search.workers} worker(s), {concurrent} at once; "
-            f"objective {search.metric} ({search.mode})")
+        log(
+            f"{search.name}: {search.spec.num_samples} trials of {search.workers} worker(s), {concurrent} at once; "
+            f"objective {search.metric} ({search.mode})"
+        )
         tuner = tune.Tuner(
             trainable,
             param_space={path: dist.domain() for path, dist in search.dists.items()},
             tune_config=tune.TuneConfig(
-                metric=search.metric, mode=search.mode, num_samples=search.spec.num_samples,
-                search_alg=make_search_alg(search, concurrent), scheduler=make_scheduler(search)),
+                metric=search.metric,
+                mode=search.mode,
+                num_samples=search.spec.num_samples,
+                search_alg=make_search_alg(search, concurrent),
+                scheduler=make_scheduler(search),
+            ),
             run_config=tune.RunConfig(
-                name=key, storage_path=path, storage_filesystem=fs,
+                name=key,
+                storage_path=path,
+                storage_filesystem=fs,
                 # a diverged or crashed trial is recorded as ERROR; the search goes on without it
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                 # PBT restarts trials from other trials' checkpoints, which must still exist by then
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=None if search.spec.scheduler.type == "pbt" else 2), verbose=1),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None if search.spec.scheduler.type == "pbt" else 2),
+                verbose=1,
+            ),
         )
     return tuner.fit()
 
 
-def summarize(search: LoadedSearch, grid, tracker: Tracker, experiment: str, parent_id: str, *,
-              storage_is_s3: bool) -> SearchOutcome:
+def summarize(
+    search: LoadedSearch, grid, tracker: Tracker, experiment: str, parent_id: str, *, storage_is_s3: bool
+) -> SearchOutcome:
     rows = []
     # ResultGrid keeps its results in the order of its experiment's trials, which carry id and status
-    for trial, result in zip(grid._experiment_analysis.trials, grid):
+    for trial, result in zip(grid._experiment_analysis.trials, grid, strict=False):
         config = trial.config or {}
         frame = result.metrics_dataframe
         curve: list[tuple[int, float]] = []
         if frame is not None and search.metric in frame and "iteration" in frame:
-            curve = [(int(i), float(v)) for i, v in zip(frame["iteration"], frame[search.metric]) if v == v]
+            points = ((int(i), float(v)) for i, v in zip(frame["iteration"], frame[search.metric], strict=False))
+            curve = [(i, v) for i, v in points if not math.isnan(v)]
         metrics = result.metrics or {}
         values = [v for _, v in curve]
         last = metrics.get(search.metric)
         run = tracker.find_run(experiment, {tag.TUNE_TRIAL_ID: trial.trial_id})
-        rows.append(TrialRow(
-            trial_id=trial.trial_id, status="ERROR" if result.error else str(trial.status),
-            params={p: search.dists[p].value(config[p]) for p in search.dists if p in config},
-            last=float(last) if isinstance(last, (int, float)) and math.isfinite(last) else None,
-            best=(min if search.mode == "min" else max)(values) if values else None,
-            iterations=int(metrics.get("iteration", 0) or 0), curve=curve, run_id=run.info.run_id if run else None,
-            generator_uri=generator_of(result, run, storage_is_s3),
-            error=str(result.error).strip().splitlines()[-1][:300] if result.error else None))
+        rows.append(
+            TrialRow(
+                trial_id=trial.trial_id,
+                status="ERROR" if result.error else str(trial.status),
+                params={p: search.dists[p].value(config[p]) for p in search.dists if p in config},
+                last=float(last) if isinstance(last, (int, float)) and math.isfinite(last) else None,
+                best=(min if search.mode == "min" else max)(values) if values else None,
+                iterations=int(metrics.get("iteration", 0) or 0),
+                curve=curve,
+                run_id=run.info.run_id if run else None,
+                generator_uri=generator_of(result, run, storage_is_s3),
+                error=str(result.error).strip().splitlines()[-1][:300] if result.error else None,
+            )
+        )
     rows.sort(key=lambda r: r.trial_id)
     done = [r for r in rows if r.status == "TERMINATED" and r.last is not None]
     best = (min if search.mode == "min" else max)(done, key=lambda r: r.last) if done else None
@@ -212,8 +265,6 @@ def generator_of(result, run, storage_is_s3: bool) -> str | None:
         return run.data.tags[tag.GENERATOR_URI]
     if metrics.get("generator_uri"):
         return metrics["generator_uri"]
-    from srcluster.train.loop import GENERATOR_FILE
-
     if metrics.get("checkpoint_path"):  # from TuneReportCallback: a path inside the run storage's filesystem
         path = metrics["checkpoint_path"]
         return f"{'s3://' if storage_is_s3 else ''}{path}/{GENERATOR_FILE}"
@@ -223,12 +274,11 @@ def generator_of(result, run, storage_is_s3: bool) -> str | None:
     return None
 
 
-def finish(outcome: SearchOutcome, search: LoadedSearch, tracker: Tracker, settings: StorageSettings,
-           output_dir: Path, log) -> None:
+def finish(
+    outcome: SearchOutcome, search: LoadedSearch, tracker: Tracker, settings: StorageSettings, output_dir: Path, log
+) -> None:
     """Close the trials' runs, write and log the trial table and plot, and register the best generator (the parent
     run itself is ended by `run_search`)."""
-    from srcluster.tune.report import plot_curves, table_text, write_csv
-
     # A trial Tune stopped (ASHA) is torn down mid-stage: its MLflow run is left open, or was closed as FAILED or
     # KILLED by the stage seeing its Ray Train run go away, depending on which came first. Tune's verdict decides: a
     # TERMINATED trial finished (early), an open run of any other trial failed with its process.
@@ -252,37 +302,62 @@ def finish(outcome: SearchOutcome, search: LoadedSearch, tracker: Tracker, setti
     outcome.output_dir, outcome.files = output_dir, [plot, table, csv]
     for file in outcome.files:
         tracker.log_artifact(outcome.parent_run_id, file, "search")
-    if outcome.best is not None:
-        tracker.log_metrics(outcome.parent_run_id, {f"best_{outcome.metric}": outcome.best.last,
-                                                    "trials": len(outcome.rows),
-                                                    "trials_failed": sum(r.status == "ERROR" for r in outcome.rows),
-                                                    "total_iterations": outcome.total_iterations}, step=0)
-        tracker.set_tags(outcome.parent_run_id, {tag.TUNE_BEST_TRIAL: outcome.best.trial_id,
-                                                 tag.TUNE_BEST_RUN: outcome.best.run_id or ""})
-        outcome.candidate = register_candidate(outcome, search, tracker, settings, log)
+    best = outcome.best
+    if best is not None:
+        assert best.last is not None  # summarize picks the best among the trials that reported the objective
+        tracker.log_metrics(
+            outcome.parent_run_id,
+            {
+                f"best_{outcome.metric}": best.last,
+                "trials": len(outcome.rows),
+                "trials_failed": sum(r.status == "ERROR" for r in outcome.rows),
+                "total_iterations": outcome.total_iterations,
+            },
+            step=0,
+        )
+        tracker.set_tags(
+            outcome.parent_run_id,
+            {tag.TUNE_BEST_TRIAL: best.trial_id, tag.TUNE_BEST_RUN: best.run_id or ""},
+        )
+        outcome.candidate = register_candidate(outcome, best, search, tracker, settings, log)
 
 
-def register_candidate(outcome: SearchOutcome, search: LoadedSearch, tracker: Tracker, settings: StorageSettings,
-                       log):
+def register_candidate(
+    outcome: SearchOutcome, best: TrialRow, search: LoadedSearch, tracker: Tracker, settings: StorageSettings, log
+):
     """The best trial's generator in the model registry, alias `candidate`, with its lineage in the tags."""
-    from srcluster.tracking import models
-
-    best, job = outcome.best, search.base_job
+    job = search.base_job
     if best.generator_uri is None or best.run_id is None:
         log(f"{search.name}: best trial {best.trial_id} left no generator to register")
         return None
     name = search.spec.registered_model or search.name
     ref = models.find_registered(tracker, name, best.run_id)  # a rerun of a finished search registers nothing new
     if ref is None:
-        lineage = {tag.TUNE_SEARCH_RUN: outcome.parent_run_id, tag.TUNE_TRIAL_ID: best.trial_id,
-                   tag.PRETRAIN: job.path.pretrain_network_g or "scratch",
-                   tag.tune_objective(outcome.metric): f"{best.last:.6g}"}
+        lineage = {
+            tag.TUNE_SEARCH_RUN: outcome.parent_run_id,
+            tag.TUNE_TRIAL_ID: best.trial_id,
+            tag.PRETRAIN: job.path.pretrain_network_g or "scratch",
+            tag.tune_objective(outcome.metric): f"{best.last:.6g}",
+        }
         network = dict(search.job_dict(best.params)["network_g"])  # the trial's own, in case the space changes it
-        ref = models.log_generator(tracker, best.run_id, best.generator_uri, arch=network.pop("type"),
-                                   options=network, scale=job.scale, settings=settings, registered_name=name,
-                                   tags=lineage)
-    models.set_alias(tracker, ref.name, ref.version, CANDIDATE_ALIAS,
-                     reason=f"best {outcome.metric} {best.last:.4g} of {len(outcome.rows)} trials in search "
-                            f"{search.name} (run {outcome.parent_run_id})")
+        ref = models.log_generator(
+            tracker,
+            best.run_id,
+            best.generator_uri,
+            arch=network.pop("type"),
+            options=network,
+            scale=job.scale,
+            settings=settings,
+            registered_name=name,
+            tags=lineage,
+        )
+    models.set_alias(
+        tracker,
+        ref.name,
+        ref.version,
+        CANDIDATE_ALIAS,
+        reason=f"best {outcome.metric} {best.last:.4g} of {len(outcome.rows)} trials in search "
+        f"{search.name} (run {outcome.parent_run_id})",
+    )
     log(f"{search.name}: registered {ref.name} version {ref.version} as @{CANDIDATE_ALIAS}")
     return ref

@@ -25,8 +25,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from ray import tune
 
-from srcluster.config import ConfigError, Job, read_yaml
+from srcluster.components import perceptual
+from srcluster.config import ConfigError, Job, describe_errors, load_job, read_yaml
+from srcluster.recipes.pipeline import STAGES, deep_merge, load_recipe
 from srcluster.registry import did_you_mean
 
 DISTRIBUTIONS = {  # name -> number of arguments (None: a list of options)
@@ -111,8 +114,6 @@ class Dist(BaseModel):
         return self.kind in ("choice", "grid") and not all(isinstance(v, (str, int, float, bool)) for v in self.args)
 
     def domain(self):
-        from ray import tune
-
         if self.kind in ("choice", "grid"):
             values = list(range(len(self.args))) if self.by_index else self.args
             return tune.grid_search(values) if self.kind == "grid" else tune.choice(values)
@@ -169,8 +170,6 @@ def _hint(name: str, known: list[str]) -> str:
 def set_path(data: dict, path: str, value: Any, where: str = "space") -> None:
     """Set `path` in a job dict. `train.losses.<type>.<key>` addresses the loss of that type; a dict value is merged
     into the dict at `path` (so `datasets.train: {lq_size: .., batch_size_per_gpu: ..}` changes both together)."""
-    from srcluster.recipes.pipeline import deep_merge
-
     parts = path.split(".")
     node: Any = data
     for i, part in enumerate(parts):
@@ -338,8 +337,6 @@ class LoadedSearch:
 def validate_job(data: dict, source: str) -> Job:
     """A job from a dumped (already resolved) job dict: its degradations are in their parsed form, so it is validated
     as is rather than read like a job file."""
-    from srcluster.config import describe_errors
-
     try:
         return Job.model_validate(data)
     except ValidationError as exc:
@@ -348,8 +345,6 @@ def validate_job(data: dict, source: str) -> Job:
 
 def resolve_metric(spec: SearchFile, base: Job, source: str) -> tuple[str, str, str]:
     """(reported metric name, mode, val.metrics key). The default is perceptual when its weights are available."""
-    from srcluster.components import perceptual
-
     configured = {name: m.type.removeprefix("calculate_") for name, m in base.val.metrics.items()}
     if spec.metric is not None:
         key = spec.metric.removeprefix("val_")
@@ -374,8 +369,6 @@ def resolve_metric(spec: SearchFile, base: Job, source: str) -> tuple[str, str, 
 
 
 def metric_direction(kind: str, source: str) -> str:
-    from srcluster.components import perceptual
-
     try:
         return perceptual.build_metric(kind).better
     except Exception as exc:
@@ -394,9 +387,6 @@ def load_base(base: Base, source: str) -> Job:
 
 
 def _load_base(base: Base, source: str) -> Job:
-    from srcluster.config import load_job
-    from srcluster.recipes.pipeline import STAGES, load_recipe
-
     folder = Path(source).parent
     if base.job is not None:
         job = load_job(_relative(base.job, folder))

@@ -16,8 +16,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
 from srcluster.config import Job, job_params
 from srcluster.tracking import runs, tags
+from srcluster.tracking.tracker import Tracker
+from srcluster.train import best, loop
+from srcluster.train.reporters import TuneReporter
+from srcluster.train.specs import train_data
+from srcluster.train.stage import run_stage
+from srcluster.train.state import build_stage
+from srcluster.train.validate import build_validator
 from srcluster.tune.space import LoadedSearch
 
 
@@ -59,12 +70,6 @@ class TrialContext:
 
 
 def distributed_trial(config: dict[str, Any], ctx: TrialContext) -> None:
-    # Ray and the trainer: imported in the trial's process, where it runs (the driver only names this function)
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from srcluster.train.stage import run_stage
-
     trial_id = tune.get_context().get_trial_id()
     job = ctx.job(config, trial_id)
     result = run_stage(
@@ -82,18 +87,6 @@ def distributed_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
 
 def single_trial(config: dict[str, Any], ctx: TrialContext) -> None:
-    # torch, Ray and the training loop: imported in the trial's process, where it runs (the driver only names this)
-    import torch
-    from ray import tune
-
-    from srcluster.tracking.tracker import Tracker
-    from srcluster.train import best
-    from srcluster.train.loop import run
-    from srcluster.train.reporters import TuneReporter
-    from srcluster.train.specs import train_data
-    from srcluster.train.state import build_stage
-    from srcluster.train.validate import build_validator
-
     trial_id = tune.get_context().get_trial_id()
     job = ctx.job(config, trial_id)
     tracker = Tracker(ctx.tracking_uri)
@@ -118,7 +111,9 @@ def single_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
         stage = build_stage(job, device, log=log)
         validator = build_validator(job)
-        stage.best = best.for_job(job, validator.higher_is_better(job.best_metric) if job.best_metric else True)
+        stage.best = best.for_job(
+            job, validator.higher_is_better(job.best_metric) if validator and job.best_metric else True
+        )
         reporter = TuneReporter(tracker, trial_run.id, extra=ctx.sampled(config))
         if reporter.restore(stage):
             log(f"restored at iteration {stage.iteration} with lr {stage.optim_g.param_groups[0]['lr']:.3g}")
@@ -126,4 +121,4 @@ def single_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         loader = train_data(job, 1).loader(
             rank=0, world=1, start=stage.iteration, steps=max(job.train.total_iter - stage.iteration, 0) * accum
         )
-        run(stage, loader, validator, reporter)
+        loop.run(stage, loader, validator, reporter)

@@ -64,10 +64,20 @@ def fault_record(request) -> Record:
     """record(fault, survived, iterations_lost=None, recover_s=None, note="") adds a row to the suite's table."""
     config = request.config
 
-    def record(fault: str, survived: bool, iterations_lost: int | None = None, recover_s: float | None = None,
-               note: str = "") -> None:
-        _results(config).append(FaultResult(fault, bool(survived), iterations_lost, recover_s, note,
-                                            config.stash.get(_current_key, ""), date.today().isoformat()))
+    def record(
+        fault: str, survived: bool, iterations_lost: int | None = None, recover_s: float | None = None, note: str = ""
+    ) -> None:
+        _results(config).append(
+            FaultResult(
+                fault,
+                bool(survived),
+                iterations_lost,
+                recover_s,
+                note,
+                config.stash.get(_current_key, ""),
+                date.today().isoformat(),
+            )
+        )
 
     return record
 
@@ -90,8 +100,11 @@ def pytest_runtest_makereport(item, call):
             crash = getattr(getattr(report, "longrepr", None), "reprcrash", None)  # what `-ra` shows for it
             reason = (crash.message if crash else str(call.excinfo.value if call.excinfo else "failed")).strip()
             reason = (reason.splitlines() or ["failed"])[0][:120]
-            results.append(FaultResult(item.name, False, note=f"test failed: {reason}", test=item.nodeid,
-                                       recorded=date.today().isoformat()))
+            results.append(
+                FaultResult(
+                    item.name, False, note=f"test failed: {reason}", test=item.nodeid, recorded=date.today().isoformat()
+                )
+            )
     return report
 
 
@@ -121,16 +134,19 @@ def write_results(path: Path, results: list[FaultResult], today: str | None = No
     """Write or replace the "Fault-injection suite" section of `path`, keeping rows of faults not run this time."""
     today = today or date.today().isoformat()
     text = path.read_text() if path.exists() else ""
-    pattern = re.compile(rf"^{re.escape(SECTION)}.*?(?=^#{{1,3}} |\Z)", re.S | re.M)  # up to the next heading
+    # the section runs up to the next heading
+    pattern = re.compile(rf"^{re.escape(SECTION)}.*?(?=^#{{1,3}} |\Z)", re.DOTALL | re.MULTILINE)
     found = pattern.search(text)
     fresh = [r.cells() for r in results]
     names = {r.fault for r in results}
     kept = [row for row in _section_rows(found.group(0)) if row[0] not in names] if found else []
-    section = (f"{SECTION} ({today})\n\n"
-               "`pytest tests/faults` (`SRCLUSTER_RECORD_FAULTS=1` writes this section): each row is a real fault "
-               "injected into a real run or stream.\n\n" + markdown_table(fresh + kept) + "\n\n")
+    section = (
+        f"{SECTION} ({today})\n\n"
+        "`pytest tests/faults` (`SRCLUSTER_RECORD_FAULTS=1` writes this section): each row is a real fault "
+        "injected into a real run or stream.\n\n" + markdown_table(fresh + kept) + "\n\n"
+    )
     if found:
-        text = text[:found.start()] + section + text[found.end():]
+        text = text[: found.start()] + section + text[found.end() :]
     else:
         text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + section
     path.write_text(text.rstrip("\n") + "\n")
@@ -143,10 +159,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     rows = [r.cells()[:5] for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(COLUMNS[:5])]
     terminalreporter.write_sep("=", "fault-injection suite")
-    terminalreporter.write_line("  ".join(h.ljust(w) for h, w in zip(COLUMNS[:5], widths)).rstrip())
-    for row, result in zip(rows, results):
-        terminalreporter.write_line("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(),
-                                    red=not result.survived, green=result.survived)
+    terminalreporter.write_line("  ".join(h.ljust(w) for h, w in zip(COLUMNS[:5], widths, strict=False)).rstrip())
+    for row, result in zip(rows, results, strict=False):
+        line = "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip()
+        terminalreporter.write_line(line, red=not result.survived, green=result.survived)
     survived = sum(r.survived for r in results)
     terminalreporter.write_line(f"{survived} of {len(results)} fault(s) survived")
     if os.environ.get(RESULTS_ENV) == "1":

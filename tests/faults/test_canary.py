@@ -26,10 +26,9 @@ from PIL import Image
 
 from srcluster import cli, home
 from srcluster import stack as local_stack
-from srcluster.config import parse_job
+from srcluster.config import job_params, parse_job
 from srcluster.errors import SrclusterError
 from srcluster.storage import StorageSettings
-from srcluster.config import job_params
 from srcluster.tracking.tracker import Tracker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,8 +103,9 @@ def test_shards_build_and_verify_output_has_no_secret(secret_in_env, tmp_path, c
     (folder / "broken.png").write_bytes(b"not a png")  # a skipped file: its report line is output too
     dest = f"s3://srcluster/tests/canary-{uuid.uuid4().hex}"
     caplog.set_level(logging.DEBUG)  # everything any library logs, botocore and s3fs included
-    code, build_out = run_cli("shards", "build", str(folder), dest, "--tile", "0", "--tile-min", "8", "--max-bad",
-                              "0.5", "--workers", "0")
+    code, build_out = run_cli(
+        "shards", "build", str(folder), dest, "--tile", "0", "--tile-min", "8", "--max-bad", "0.5", "--workers", "0"
+    )
     assert code == 0, build_out
     assert "broken.png" in build_out  # the output was captured
     code, verify_out = run_cli("shards", "verify", dest)
@@ -114,8 +114,12 @@ def test_shards_build_and_verify_output_has_no_secret(secret_in_env, tmp_path, c
     assert code == 2 and "error" in missing_out
     logs = caplog.text
     assert logs  # DEBUG logging was on
-    for text, where in ((build_out, "shards build output"), (verify_out, "shards verify output"),
-                        (missing_out, "shards verify error"), (logs, "log records")):
+    for text, where in (
+        (build_out, "shards build output"),
+        (verify_out, "shards verify output"),
+        (missing_out, "shards verify error"),
+        (logs, "log records"),
+    ):
         assert_clean(text, secret_in_env, where)
     fault_record("canary: S3 secret in `shards build` / `verify` output and logs", True, note="absent, DEBUG logs too")
 
@@ -132,9 +136,12 @@ def test_public_env_has_no_secret(secret_in_env, fault_record):
 def test_mlflow_params_and_tags_have_no_secret(stack, secret_in_env, tmp_path, fault_record):
     job = parse_job(yaml.safe_load(canary_job(tmp_path, secret_in_env).read_text()), "job.yml")
     tracker = Tracker(stack.mlflow_url)
-    run_id = tracker.start_run(f"canary-{uuid.uuid4().hex[:8]}", "canary",
-                               params={**job_params(job), "effective_batch": job.effective_batch},
-                               tags={"srcluster.stage": job.name, "srcluster.run_key": "canary"})
+    run_id = tracker.start_run(
+        f"canary-{uuid.uuid4().hex[:8]}",
+        "canary",
+        params={**job_params(job), "effective_batch": job.effective_batch},
+        tags={"srcluster.stage": job.name, "srcluster.run_key": "canary"},
+    )
     tracker.end_run(run_id)
     response = requests.get(f"{stack.mlflow_url}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, timeout=30)
     response.raise_for_status()
@@ -164,8 +171,11 @@ def test_stack_files_hold_the_secret_only_where_needed(stack, secret_in_env, fau
     assert not unexpected, f"the S3 secret appears in {unexpected}"
     for path in holders:
         assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
-    fault_record("canary: S3 secret in the stack's logs and state files", True,
-                 note="only in credentials + s3-identities.json (0600)")
+    fault_record(
+        "canary: S3 secret in the stack's logs and state files",
+        True,
+        note="only in credentials + s3-identities.json (0600)",
+    )
 
 
 # --- loopback only ----------------------------------------------------------------------------------------------------
@@ -184,7 +194,7 @@ def listening_sockets() -> dict[int, set[str]]:
             address, port = fields[1].split(":")
             raw = bytes.fromhex(address)
             # /proc prints each 32-bit word in host (little-endian) order
-            words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
             if width == 8:
                 text = ".".join(str(b) for b in words)
             else:
@@ -203,8 +213,11 @@ def test_local_services_listen_on_loopback_only(stack, fault_record):
     loopback = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
     exposed = {port: addresses - loopback for port, addresses in bound.items() if addresses - loopback}
     assert not exposed, f"listening beyond loopback: {exposed}"
-    fault_record("local services bind 127.0.0.1 only", True,
-                 note=f"{sum(bool(a) for a in bound.values())} listening port(s) checked")
+    fault_record(
+        "local services bind 127.0.0.1 only",
+        True,
+        note=f"{sum(bool(a) for a in bound.values())} listening port(s) checked",
+    )
 
 
 def test_mlflow_refuses_foreign_host_headers(stack, fault_record):
@@ -212,8 +225,9 @@ def test_mlflow_refuses_foreign_host_headers(stack, fault_record):
     url = f"{stack.mlflow_url}/api/2.0/mlflow/experiments/search"
     ok = requests.post(url, json={"max_results": 1}, timeout=30)
     assert ok.status_code == 200, ok.text
-    foreign = requests.post(url, json={"max_results": 1}, headers={"Host": f"evil.example:{stack.mlflow_port}"},
-                            timeout=30)
+    foreign = requests.post(
+        url, json={"max_results": 1}, headers={"Host": f"evil.example:{stack.mlflow_port}"}, timeout=30
+    )
     assert foreign.status_code in (400, 403), (foreign.status_code, foreign.text[:200])
     fault_record("MLflow request with a foreign Host header", True, note=f"refused ({foreign.status_code})")
 
@@ -224,8 +238,10 @@ def test_mlflow_refuses_foreign_host_headers(stack, fault_record):
 def test_yaml_python_tags_are_refused(tmp_path, fault_record):
     marker = tmp_path / "yaml-payload-ran"
     job = tmp_path / "evil.yml"
-    job.write_text((REPO / "jobs" / "local-2x-fidelity.yml").read_text()
-                   + f"\nextra: !!python/object/apply:os.system ['touch {marker}']\n")
+    job.write_text(
+        (REPO / "jobs" / "local-2x-fidelity.yml").read_text()
+        + f"\nextra: !!python/object/apply:os.system ['touch {marker}']\n"
+    )
     code, text = run_cli("check", str(job))
     assert code == 2
     lines = text.strip().splitlines()
@@ -266,5 +282,6 @@ def test_pickle_checkpoint_cannot_run_code(s3, tmp_path, where, fault_record):
     # the same payload through plain pickle does run: the test would notice a weights_only regression
     pickle.loads(pickle.dumps(Payload(marker)))
     assert marker.exists()
-    fault_record(f"checkpoint with a pickle payload ({where})", True,
-                 note="refused (weights_only); payload did not run")
+    fault_record(
+        f"checkpoint with a pickle payload ({where})", True, note="refused (weights_only); payload did not run"
+    )

@@ -20,8 +20,8 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from srcluster import cli
 from helpers.shared import shared_data
+from srcluster import cli
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = shared_data("trainner-redux-templates")
@@ -40,8 +40,18 @@ BASES = base_configs()
 # Values of the wrong type for any key, and out-of-range values for numbers.
 WRONG_TYPES = [None, "", "banana", 7, -3, 2.5, True, [], [1, "x"], {}, {"nested": {"deeper": 1}}, "1e9", "[1, 2]"]
 OUT_OF_RANGE = [0, -1, -0.5, 10**12, -(10**12), 1e308, float("inf"), float("-inf"), float("nan"), 2**63, 0.0]
-UNKNOWN_KEYS = ["learning_rate", "batch_size", "num_workerz", "lq_sizes", "srcluster_", "extra", "type_", "__proto__",
-                "0", "datasets"]
+UNKNOWN_KEYS = [
+    "learning_rate",
+    "batch_size",
+    "num_workerz",
+    "lq_sizes",
+    "srcluster_",
+    "extra",
+    "type_",
+    "__proto__",
+    "0",
+    "datasets",
+]
 
 
 def paths(node, prefix=()) -> list[tuple]:
@@ -109,8 +119,10 @@ def pinned(mutation: str, change) -> tuple[str, dict, list[str]]:
 # cross-key error whose text did not start with the key.
 PINNED = [
     pinned("unknown key network_g.learning_rate", lambda d: d["network_g"].update(learning_rate=7)),
-    pinned("gan loss without network_d",
-           lambda d: d["train"]["losses"].append({"type": "ganloss", "gan_type": "vanilla", "loss_weight": 0.1})),
+    pinned(
+        "gan loss without network_d",
+        lambda d: d["train"]["losses"].append({"type": "ganloss", "gan_type": "vanilla", "loss_weight": 0.1}),
+    ),
 ]
 
 
@@ -139,6 +151,7 @@ def nothing_starts(tmp_path_factory):
         def record(*args, **kwargs):
             attempts.append(f"{what} {args[1:3]!r}")
             raise StartedSomething(what)
+
         return record
 
     popen_init = subprocess.Popen.__init__
@@ -173,13 +186,18 @@ def test_unmutated_bases_pass(tmp_path, nothing_starts):
         path = tmp_path / name
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         for extra in ((), ("--json",)):
-            code, out, err = run_check(path, *extra)
+            code, _out, err = run_check(path, *extra)
             assert code == 0, (name, err)
     assert nothing_starts == []
 
 
-@settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=EXAMPLES,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(case=mutated_jobs())
 @example(case=PINNED[0])
 @example(case=PINNED[1])
@@ -208,6 +226,9 @@ def test_fuzz_summary(nothing_starts, fault_record):
     """Runs after the fuzz test (file order): one table row for the whole fuzz run."""
     if STATS["cases"] < EXAMPLES:
         pytest.skip("the fuzz test did not run (deselected or failed)")
-    fault_record(f"bad job files: {STATS['cases']} mutated configs from {len(BASES)} real ones", True,
-                 note=f"{STATS['rejected']} rejected with key-naming errors, {STATS['accepted']} still valid; "
-                      "no traceback, nothing started")
+    fault_record(
+        f"bad job files: {STATS['cases']} mutated configs from {len(BASES)} real ones",
+        True,
+        note=f"{STATS['rejected']} rejected with key-naming errors, {STATS['accepted']} still valid; "
+        "no traceback, nothing started",
+    )

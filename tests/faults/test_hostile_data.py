@@ -71,15 +71,16 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
 def huge_png(side: int = 100_000) -> bytes:
     """A valid PNG header claiming side x side RGB pixels, followed by a few bytes of compressed data."""
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
+    )
 
 
 def huge_jpeg(side: int = 65_000) -> bytes:
     """A real small JPEG whose frame header (SOF0) is rewritten to claim side x side pixels."""
     data = bytearray(jpeg(photo(16, 16)))
     at = data.index(b"\xff\xc0")
-    data[at + 5:at + 9] = struct.pack(">HH", side, side)
+    data[at + 5 : at + 9] = struct.pack(">HH", side, side)
     return bytes(data)
 
 
@@ -102,14 +103,26 @@ def images() -> dict[str, bytes]:
 
 # What each case becomes: "ok" (used) or the stream's counted reason for skipping it.
 STREAM_OUTCOME = {
-    "zero_byte": "corrupt", "one_pixel": "too_small", "smaller_than_crop": "too_small", "not_an_image": "corrupt",
-    "png16": "ok", "cmyk_jpeg": "ok", "progressive_jpeg": "ok", "exif_rotated_jpeg": "ok",
-    "huge_png_header": "corrupt", "huge_jpeg_header": "corrupt",
+    "zero_byte": "corrupt",
+    "one_pixel": "too_small",
+    "smaller_than_crop": "too_small",
+    "not_an_image": "corrupt",
+    "png16": "ok",
+    "cmyk_jpeg": "ok",
+    "progressive_jpeg": "ok",
+    "exif_rotated_jpeg": "ok",
+    "huge_png_header": "corrupt",
+    "huge_jpeg_header": "corrupt",
 }
 FAULT_NAMES = {
-    "zero_byte": "zero-byte image", "one_pixel": "1x1 image", "smaller_than_crop": "image smaller than the crop",
-    "not_an_image": "non-image bytes under an image name", "png16": "16-bit PNG", "cmyk_jpeg": "CMYK JPEG",
-    "progressive_jpeg": "progressive JPEG", "exif_rotated_jpeg": "EXIF-rotated JPEG (orientation 6)",
+    "zero_byte": "zero-byte image",
+    "one_pixel": "1x1 image",
+    "smaller_than_crop": "image smaller than the crop",
+    "not_an_image": "non-image bytes under an image name",
+    "png16": "16-bit PNG",
+    "cmyk_jpeg": "CMYK JPEG",
+    "progressive_jpeg": "progressive JPEG",
+    "exif_rotated_jpeg": "EXIF-rotated JPEG (orientation 6)",
     "huge_png_header": "PNG header claiming 100000x100000 px",
     "huge_jpeg_header": "JPEG header claiming 65000x65000 px",
 }
@@ -177,9 +190,9 @@ def hostile_shards(s3) -> dict[str, str]:
         shards[name] = tar_bytes([(f"{name}.{ext}", data), (f"{name}.json", b"{}")])
     shards["no_image_member"] = tar_bytes([("notes.txt", b"hello"), ("notes.json", b"{}")])
     whole = tar_bytes(good_members("cut", 4))
-    shards["truncated_tar"] = whole[:len(whole) // 2]
-    shards["dotdot_member"] = tar_bytes(good_members("before", 1) + [("../../escape.png", png(photo()))])
-    shards["absolute_member"] = tar_bytes([("/etc/escape.png", png(photo()))] + good_members("after", 1))
+    shards["truncated_tar"] = whole[: len(whole) // 2]
+    shards["dotdot_member"] = tar_bytes([*good_members("before", 1), ("../../escape.png", png(photo()))])
+    shards["absolute_member"] = tar_bytes([("/etc/escape.png", png(photo())), *good_members("after", 1)])
     urls = {}
     for name, data in shards.items():
         urls[name] = f"{root}/{name}.tar"
@@ -228,15 +241,21 @@ def test_stream_shard_case(hostile_shards, fault_record, caplog, case):
     if case == "absolute_member":
         assert not any(key.startswith("after") for key in keys)  # nothing after the refusal is trusted
     if case in ("dotdot_member", "absolute_member"):
-        assert any("has a '..' component" in r.getMessage() or "has an absolute path" in r.getMessage()
-                   for r in caplog.records)
+        assert any(
+            "has a '..' component" in r.getMessage() or "has an absolute path" in r.getMessage() for r in caplog.records
+        )
     fault_record(f"shard: {fault}", True, note=f"{outcome}, counted as data_skipped_{reason}")
 
 
 def write_manifest(root: str, shards: list[dict]) -> None:
-    manifest = {"format": "srcluster-shards/2", "created": "2026-01-01T00:00:00+00:00", "tool_version": "0",
-                "samples": sum(s["samples"] for s in shards), "bytes": sum(s["bytes"] for s in shards),
-                "shards": shards}
+    manifest = {
+        "format": "srcluster-shards/2",
+        "created": "2026-01-01T00:00:00+00:00",
+        "tool_version": "0",
+        "samples": sum(s["samples"] for s in shards),
+        "bytes": sum(s["bytes"] for s in shards),
+        "shards": shards,
+    }
     put(f"{root}/manifest.json", json.dumps(manifest).encode())
 
 
@@ -248,8 +267,9 @@ def test_stream_over_the_whole_mix_completes(hostile_shards, fault_record):
     entries = []
     for name, url in hostile_shards.items():
         size = fs.size(url.removeprefix("s3://"))
-        entries.append({"name": url.rsplit("/", 1)[1], "samples": 6 if name == "good" else 1, "bytes": size,
-                        "sha256": "0" * 64})
+        entries.append(
+            {"name": url.rsplit("/", 1)[1], "samples": 6 if name == "good" else 1, "bytes": size, "sha256": "0" * 64}
+        )
     write_manifest(root, entries)
     start = time.perf_counter()
     stream = train_loader(root, crop=CROP, batch_size=4, steps=12, with_keys=True)
@@ -261,18 +281,29 @@ def test_stream_over_the_whole_mix_completes(hostile_shards, fault_record):
     result = verify(root)
     problems = "\n".join(result.problems)
     assert "truncated_tar.tar: not a valid tar" in problems and "dotdot_member.tar: not a valid tar" in problems
-    skipped = ", ".join(f"{k.removeprefix('data_skipped_')} {v}" for k, v in counts.items()
-                        if k.startswith("data_skipped_") and v)
-    fault_record("shard set mixing every hostile case", True, iterations_lost=0,
-                 note=f"12 of 12 batches in {time.perf_counter() - start:.1f} s; skipped {skipped}")
+    skipped = ", ".join(
+        f"{k.removeprefix('data_skipped_')} {v}" for k, v in counts.items() if k.startswith("data_skipped_") and v
+    )
+    fault_record(
+        "shard set mixing every hostile case",
+        True,
+        iterations_lost=0,
+        note=f"12 of 12 batches in {time.perf_counter() - start:.1f} s; skipped {skipped}",
+    )
 
 
-@pytest.mark.parametrize("name", ["../elsewhere/shard-000000.tar", "/etc/shard-000000.tar",
-                                  "s3://other-bucket/shard-000000.tar"])
+@pytest.mark.parametrize(
+    "name", ["../elsewhere/shard-000000.tar", "/etc/shard-000000.tar", "s3://other-bucket/shard-000000.tar"]
+)
 def test_manifest_with_unsafe_shard_name_is_refused(hostile_shards, fault_record, name):
     root = f"{hostile_shards['good'].rsplit('/', 1)[0]}/unsafe-{uuid.uuid4().hex[:8]}"
-    write_manifest(root, [{"name": "shard-000000.tar", "samples": 1, "bytes": 10, "sha256": "0" * 64},
-                          {"name": name, "samples": 1, "bytes": 10, "sha256": "0" * 64}])
+    write_manifest(
+        root,
+        [
+            {"name": "shard-000000.tar", "samples": 1, "bytes": 10, "sha256": "0" * 64},
+            {"name": name, "samples": 1, "bytes": 10, "sha256": "0" * 64},
+        ],
+    )
     with pytest.raises(SrclusterError, match=r"shards\[1\]\.name .* refusing this shard set") as caught:
         read_manifest(root)
     assert "\n" not in str(caught.value)
@@ -302,17 +333,31 @@ def test_build_from_hostile_folder(s3, hostile_folder, fault_record):
     report with their reason, and the build completes."""
     dest = f"s3://srcluster/tests/hostile-build-{uuid.uuid4().hex}"
     start = time.perf_counter()
-    result = build_shards(str(hostile_folder), dest, settings=TileSettings(tile=None, min_size=CROP),
-                          max_bad_fraction=1.0, workers=0, progress=False)
+    result = build_shards(
+        str(hostile_folder),
+        dest,
+        settings=TileSettings(tile=None, min_size=CROP),
+        max_bad_fraction=1.0,
+        workers=0,
+        progress=False,
+    )
     reasons = {Path(s["path"]).stem: s["reason"] for s in result.skipped}
     assert "empty file" in reasons["zero_byte"]
     assert "not a decodable image" in reasons["not_an_image"]
-    assert "refused before decoding" in reasons["huge_png_header"] and "refused before decoding" in reasons[
-        "huge_jpeg_header"]
+    assert (
+        "refused before decoding" in reasons["huge_png_header"]
+        and "refused before decoding" in reasons["huge_jpeg_header"]
+    )
     assert "smaller than the minimum tile" in reasons["one_pixel"]
     assert "smaller than the minimum tile" in reasons["smaller_than_crop"]
-    assert set(reasons) == {"zero_byte", "not_an_image", "huge_png_header", "huge_jpeg_header", "one_pixel",
-                            "smaller_than_crop"}
+    assert set(reasons) == {
+        "zero_byte",
+        "not_an_image",
+        "huge_png_header",
+        "huge_jpeg_header",
+        "one_pixel",
+        "smaller_than_crop",
+    }
     bad = {Path(s["path"]).stem for s in result.bad}
     assert bad == {"zero_byte", "not_an_image", "huge_png_header", "huge_jpeg_header"}  # small ones are not "bad"
     assert result.manifest["samples"] == 8  # 4 good + 16-bit, CMYK, progressive, EXIF-rotated
@@ -329,9 +374,12 @@ def test_build_from_hostile_folder(s3, hostile_folder, fault_record):
     elapsed = time.perf_counter() - start
     for name, reason in reasons.items():
         fault_record(f"folder build: {FAULT_NAMES[name]}", True, note=f"skipped: {reason[:70]}")
-    fault_record("folder build over every hostile case", True,
-                 note=f"completed in {elapsed:.1f} s: {result.manifest['samples']} samples, "
-                      f"{len(result.skipped)} skipped with reasons")
+    fault_record(
+        "folder build over every hostile case",
+        True,
+        note=f"completed in {elapsed:.1f} s: {result.manifest['samples']} samples, "
+        f"{len(result.skipped)} skipped with reasons",
+    )
 
 
 def test_stream_from_hostile_folder(hostile_folder, fault_record):
@@ -343,9 +391,13 @@ def test_stream_from_hostile_folder(hostile_folder, fault_record):
     assert counts["data_skipped"] == counts["data_skipped_corrupt"] + counts["data_skipped_too_small"]
     used = {Path(k).stem for k in keys}
     assert used <= {"good0", "good1", "good2", "good3", "png16", "cmyk_jpeg", "progressive_jpeg", "exif_rotated_jpeg"}
-    fault_record("folder stream over every hostile case", True, iterations_lost=0,
-                 note=f"10 of 10 batches; skipped corrupt {counts['data_skipped_corrupt']}, "
-                      f"too_small {counts['data_skipped_too_small']}")
+    fault_record(
+        "folder stream over every hostile case",
+        True,
+        iterations_lost=0,
+        note=f"10 of 10 batches; skipped corrupt {counts['data_skipped_corrupt']}, "
+        f"too_small {counts['data_skipped_too_small']}",
+    )
 
 
 def test_folder_listing_with_dotdot_keys(fault_record):

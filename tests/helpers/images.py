@@ -45,3 +45,8 @@ PER_SHARD = 6
 def photo_tiles(size: int = 48) -> list[Sample]:
     """48 real photo tiles: the top of the astronaut photo in size x size windows."""
     return list(tiles("astronaut", skimage.data.astronaut(), size, size))[:48]
+
+
+def astronaut_tiles(count: int, size: int = 32) -> list[Sample]:
+    """Real photo tiles (astronaut, 512x512): 256 of 32 x 32 available."""
+    return list(tiles("astronaut", skimage.data.astronaut(), size, size))[:count]

@@ -8,13 +8,20 @@ import torch
 from safetensors.torch import load_file
 
 from srcluster.cli import main
-from srcluster.errors import SrclusterError
-from srcluster.storage import StorageSettings
-from srcluster.tracking.models import (ModelRef, find_registered, get_version, log_generator, resolve_model_uri, set_alias,
-                                       weights_file)
-from srcluster.tracking.tracker import Tracker
 from srcluster.components.archs import build_generator
 from srcluster.components.weights import export_generator, load_pretrain
+from srcluster.errors import SrclusterError
+from srcluster.storage import StorageSettings
+from srcluster.tracking.models import (
+    ModelRef,
+    find_registered,
+    get_version,
+    log_generator,
+    resolve_model_uri,
+    set_alias,
+    weights_file,
+)
+from srcluster.tracking.tracker import Tracker
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 LOCAL = StorageSettings()  # the generators here are local files
@@ -42,11 +49,20 @@ def exported(tmp_path, seed: int, scale: int = 2):
 def test_register_promote_resolve_and_pretrain_on_sqlite(sqlite_tracker, tmp_path, capsys):
     tracker = sqlite_tracker
     net, path = exported(tmp_path, 1)
-    run_id = tracker.start_run("models-test", "toy-stage", tags={"srcluster.stage": "fidelity_2x",
-                                                                 "srcluster.pretrain_model": "none"})
-    ref = log_generator(tracker, run_id, path, arch="superultracompact", options={"num_feat": 24}, scale=2,
-                        settings=LOCAL, registered_name="toy-fidelity_2x", tags={"srcluster.key_metric": "val_psnr",
-                                                                 "srcluster.key_metric_value": "30.5"})
+    run_id = tracker.start_run(
+        "models-test", "toy-stage", tags={"srcluster.stage": "fidelity_2x", "srcluster.pretrain_model": "none"}
+    )
+    ref = log_generator(
+        tracker,
+        run_id,
+        path,
+        arch="superultracompact",
+        options={"num_feat": 24},
+        scale=2,
+        settings=LOCAL,
+        registered_name="toy-fidelity_2x",
+        tags={"srcluster.key_metric": "val_psnr", "srcluster.key_metric_value": "30.5"},
+    )
     assert ref == ModelRef("toy-fidelity_2x", "1", "models:/toy-fidelity_2x/1", run_id)
     assert tracker.get_run(run_id).data.tags["srcluster.registered_model"] == ref.uri
     version = get_version(tracker, "toy-fidelity_2x", "1")
@@ -56,8 +72,16 @@ def test_register_promote_resolve_and_pretrain_on_sqlite(sqlite_tracker, tmp_pat
 
     # a second generator of the same run is a new version; find_registered sees the newest
     _, path2 = exported(tmp_path, 2)
-    ref2 = log_generator(tracker, run_id, path2, arch="superultracompact", options={}, scale=2, settings=LOCAL,
-                         registered_name="toy-fidelity_2x")
+    ref2 = log_generator(
+        tracker,
+        run_id,
+        path2,
+        arch="superultracompact",
+        options={},
+        scale=2,
+        settings=LOCAL,
+        registered_name="toy-fidelity_2x",
+    )
     assert ref2.version == "2" and find_registered(tracker, "toy-fidelity_2x", run_id) == ref2
     assert find_registered(tracker, "toy-fidelity_2x", "0" * 32) is None
 
@@ -83,16 +107,18 @@ def test_register_promote_resolve_and_pretrain_on_sqlite(sqlite_tracker, tmp_pat
     # moving the alias moves what the URI resolves to
     set_alias(tracker, "toy-fidelity_2x", "2", "champion")
     assert load_file(resolve_model_uri("models:/toy-fidelity_2x@champion")[0]).keys() == expected.keys()
-    assert not torch.equal(load_file(resolve_model_uri("models:/toy-fidelity_2x@champion")[0])["body.0.weight"],
-                           expected["body.0.weight"])
+    assert not torch.equal(
+        load_file(resolve_model_uri("models:/toy-fidelity_2x@champion")[0])["body.0.weight"], expected["body.0.weight"]
+    )
 
 
 def test_registry_errors_are_one_line(sqlite_tracker, tmp_path, capsys):
     tracker = sqlite_tracker
     _, path = exported(tmp_path, 3)
     run_id = tracker.start_run("models-test", "toy")
-    log_generator(tracker, run_id, path, arch="superultracompact", options={}, scale=2, settings=LOCAL,
-                  registered_name="toy-x")
+    log_generator(
+        tracker, run_id, path, arch="superultracompact", options={}, scale=2, settings=LOCAL, registered_name="toy-x"
+    )
     with pytest.raises(SrclusterError, match=r"no registered model 'nope'"):
         resolve_model_uri("models:/nope@champion")
     with pytest.raises(SrclusterError, match=r"'toy-x' has no alias @gold"):
@@ -102,8 +128,15 @@ def test_registry_errors_are_one_line(sqlite_tracker, tmp_path, capsys):
     with pytest.raises(SrclusterError, match=r"not a registry model URI"):
         resolve_model_uri("models:/toy-x")
     with pytest.raises(SrclusterError, match=r"generator .*missing.safetensors does not exist"):
-        log_generator(tracker, run_id, tmp_path / "missing.safetensors", arch="superultracompact", options={}, scale=2,
-                      settings=LOCAL)
+        log_generator(
+            tracker,
+            run_id,
+            tmp_path / "missing.safetensors",
+            arch="superultracompact",
+            options={},
+            scale=2,
+            settings=LOCAL,
+        )
     assert main(["promote", "toy-x", "5", "--alias", "champion"]) == 2
     err = capsys.readouterr().err
     assert "has no version 5" in err and "Traceback" not in err
@@ -115,8 +148,9 @@ def test_registered_generator_loads_as_an_mlflow_pyfunc_model(sqlite_tracker, tm
     tracker = sqlite_tracker
     _, path = exported(tmp_path, 4)
     run_id = tracker.start_run("models-test", "toy")
-    ref = log_generator(tracker, run_id, path, arch="superultracompact", options={}, scale=2, settings=LOCAL,
-                        registered_name="toy-py")
+    ref = log_generator(
+        tracker, run_id, path, arch="superultracompact", options={}, scale=2, settings=LOCAL, registered_name="toy-py"
+    )
     mlflow.set_tracking_uri(tracker.uri)
     model = mlflow.pyfunc.load_model(ref.uri)
     out = model.predict([np.zeros((12, 10, 3), np.uint8)])

@@ -40,7 +40,7 @@ def test_photos_load_offline_from_the_package(monkeypatch):
 def test_center_crop():
     image = np.arange(6 * 8 * 3, dtype=np.uint8).reshape(6, 8, 3)
     assert np.array_equal(center_crop(image, 4), image[1:5, 2:6])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="cannot give a 7x7 centre crop"):
         center_crop(image, 7)
 
 
@@ -80,8 +80,9 @@ def test_build_into_s3(s3):
 
 
 def test_build_locally_with_stride(tmp_path):
-    summary = build_sample_dataset(str(tmp_path / "train"), str(tmp_path / "val"), tile=256, stride=128,
-                                   val_size=256, progress=False)
+    summary = build_sample_dataset(
+        str(tmp_path / "train"), str(tmp_path / "val"), tile=256, stride=128, val_size=256, progress=False
+    )
     assert sorted(os.listdir(tmp_path / "val")) == [f"{name}.png" for name in sorted(DEFAULT_VAL)]
     keys = [name for name, _ in iter_images(str(tmp_path / "train"))]
     assert "astronaut_y0128_x0128" in keys and len(keys) == summary["tiles"]

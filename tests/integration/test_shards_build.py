@@ -17,9 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import skimage.data
 from PIL import Image
 
+from helpers.images import PHOTO, make_paired_folders, pool, save
 from srcluster.cli import main
 from srcluster.data.build import TileSettings, build_shards
 from srcluster.data.images import decode_rgb, tile_boxes
@@ -27,7 +27,6 @@ from srcluster.data.shards import read_manifest, verify
 from srcluster.errors import SrclusterError
 from srcluster.storage import StorageSettings
 
-from helpers.images import PHOTO, make_paired_folders, pool, save
 
 def to8(v16: np.ndarray) -> np.ndarray:
     return ((v16.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
@@ -67,8 +66,14 @@ def mixed(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
     v16 = np.random.default_rng(0).integers(0, 65536, (80, 96, 3)).astype(np.uint16)
     palette = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE)
     expected = {
-        "rgb": rgb, "gray16": np.repeat(to8(v16[..., :1]), 3, 2), "rgba": rgb, "la": np.repeat(rgb[..., :1], 3, 2),
-        "palette": np.asarray(palette.convert("RGB")), "lossless": rgb, "pic": rgb, "sub/deep16": to8(v16),
+        "rgb": rgb,
+        "gray16": np.repeat(to8(v16[..., :1]), 3, 2),
+        "rgba": rgb,
+        "la": np.repeat(rgb[..., :1], 3, 2),
+        "palette": np.asarray(palette.convert("RGB")),
+        "lossless": rgb,
+        "pic": rgb,
+        "sub/deep16": to8(v16),
     }
     save(root / "rgb.png", rgb)
     save(root / "gray16.png", v16[..., 0])  # PIL writes a 16-bit grayscale PNG (mode I;16)
@@ -125,11 +130,14 @@ def test_mixed_formats_to_s3_with_bad_files(s3, mixed):
             meta = json.loads(sample["json"])
             assert meta["box"] == [0, x, 64, 64] and meta["source_size"] == [80, 96]
             assert meta["source"].endswith(name + os.path.splitext(meta["source"])[1])
-            assert np.array_equal(decode_rgb(sample["webp"]), image[:64, x:x + 64]), name
+            assert np.array_equal(decode_rgb(sample["webp"]), image[:64, x : x + 64]), name
     assert verify(dest).ok
     fs.invalidate_cache()
-    assert sorted(p.rsplit("/", 1)[-1] for p in fs.find(path)) == ["build-report.json", "manifest.json",
-                                                                   "shard-000000.tar"]
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.find(path)) == [
+        "build-report.json",
+        "manifest.json",
+        "shard-000000.tar",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +149,7 @@ def test_paired_build_reports_pairing_errors(tmp_path, paired_folders):
     hr, lr = paired_folders
     dest = str(tmp_path / "paired")
     settings = TileSettings(tile=32, scale=4)
-    result = build_shards(str(hr), dest, lq=str(lr), settings=settings, max_bad_fraction=0.6, workers=0,
-                          progress=False)
+    result = build_shards(str(hr), dest, lq=str(lr), settings=settings, max_bad_fraction=0.6, workers=0, progress=False)
     reasons = {Path(s["path"]).name: s["reason"] for s in result.skipped}
     assert reasons == {
         "c.png": "no LR partner c.* in the LR folder",
@@ -164,8 +171,15 @@ def test_paired_build_reports_pairing_errors(tmp_path, paired_folders):
     assert json.loads(samples["sub/b_y0096_x0032"]["json"])["lr_source"] == f"{lr}/sub/b.png"
 
     with pytest.raises(SrclusterError, match="2 of 5 source images are bad"):  # budget counts every pairing error
-        build_shards(str(hr), str(tmp_path / "strict"), lq=str(lr), settings=settings, max_bad_fraction=0.3,
-                     workers=0, progress=False)
+        build_shards(
+            str(hr),
+            str(tmp_path / "strict"),
+            lq=str(lr),
+            settings=settings,
+            max_bad_fraction=0.3,
+            workers=0,
+            progress=False,
+        )
     with pytest.raises(SrclusterError, match="go together"):
         build_shards(str(hr), str(tmp_path / "x"), lq=str(lr), workers=0, progress=False)
     with pytest.raises(ValueError, match="multiple of the scale"):
@@ -192,7 +206,7 @@ def many_images(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("many")
     for i in range(160):
         y, x = divmod(i, 10)
-        save(root / f"img{i:03d}.png", PHOTO[y * 30:y * 30 + 48, x * 45:x * 45 + 48])
+        save(root / f"img{i:03d}.png", PHOTO[y * 30 : y * 30 + 48, x * 45 : x * 45 + 48])
     return root
 
 
@@ -211,8 +225,22 @@ def finished_records(dest: Path) -> list[str]:
 
 def test_interrupted_build_resumes_without_rewriting(tmp_path, many_images):
     dest = tmp_path / "resumed"
-    command = [sys.executable, "-m", "srcluster.cli", "shards", "build", str(many_images), str(dest), "--tile", "0",
-               "--shard-samples", "4", "--workers", "0", "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "srcluster.cli",
+        "shards",
+        "build",
+        str(many_images),
+        str(dest),
+        "--tile",
+        "0",
+        "--shard-samples",
+        "4",
+        "--workers",
+        "0",
+        "--quiet",
+    ]
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while len(finished_records(dest)) < 2:
@@ -226,26 +254,52 @@ def test_interrupted_build_resumes_without_rewriting(tmp_path, many_images):
     kept = {name: (dest / f"{name}.tar").stat() for name in finished}
     assert len(kept) >= 2
 
-    result = build_shards(str(many_images), str(dest), settings=TileSettings(tile=None), max_samples=4,
-                          workers=0, progress=False)
+    result = build_shards(
+        str(many_images), str(dest), settings=TileSettings(tile=None), max_samples=4, workers=0, progress=False
+    )
     assert result.created and result.resumed_shards >= len(kept)
     for name, before in kept.items():  # finished shards were kept as they were, not written again
         after = (dest / f"{name}.tar").stat()
         assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), name
 
-    fresh = build_shards(str(many_images), str(tmp_path / "fresh"), settings=TileSettings(tile=None), max_samples=4,
-                         workers=0, progress=False)
+    fresh = build_shards(
+        str(many_images),
+        str(tmp_path / "fresh"),
+        settings=TileSettings(tile=None),
+        max_samples=4,
+        workers=0,
+        progress=False,
+    )
     assert result.manifest["samples"] == 160 and len(result.manifest["shards"]) == 40
     assert [s["sha256"] for s in result.manifest["shards"]] == [s["sha256"] for s in fresh.manifest["shards"]]
-    assert sorted(p.name for p in dest.iterdir()) == (["build-report.json", "manifest.json"]
-                                                       + [f"shard-{i:06d}.tar" for i in range(40)])
+    assert sorted(p.name for p in dest.iterdir()) == (
+        ["build-report.json", "manifest.json"] + [f"shard-{i:06d}.tar" for i in range(40)]
+    )
 
 
 def test_cli_build_verify_stats(tmp_path, mixed, capsys):
     root, _ = mixed
     dest = tmp_path / "cli"
-    assert main(["shards", "build", str(root), str(dest), "--tile", "64", "--tile-min", "32", "--max-bad", "0.3",
-                 "--workers", "0", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "shards",
+                "build",
+                str(root),
+                str(dest),
+                "--tile",
+                "64",
+                "--tile-min",
+                "32",
+                "--max-bad",
+                "0.3",
+                "--workers",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "18 samples in 1 shards" in out and "4 source(s) skipped, 3 of them bad" in out
     assert "skipped" in out and "text.jpg: not a decodable image" in out

@@ -1,5 +1,6 @@
-"""The rendered sbatch script on a real single-node Slurm (Debian's slurmctld, slurmd, munge; tests/slurm_single_node.py):
-Ray head via srun, the wait for nodes, the tiny stage, teardown. Skips, saying why, where Slurm cannot start."""
+"""The rendered sbatch script on a real single-node Slurm (Debian's slurmctld, slurmd, munge;
+tests/slurm_single_node.py): Ray head via srun, the wait for nodes, the tiny stage, teardown. Skips, saying why, where
+Slurm cannot start."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers.free_ports import free_port_block
+from helpers.jobs import LAUNCH_TRAIN as TRAIN
+from helpers.jobs import LAUNCH_VAL as VAL
+from helpers.jobs import launch_job, write_job
+from helpers.launch import BIN, only_run, ray_start_args
 from helpers.slurm_single_node import SingleNodeSlurm, Unavailable
 from srcluster import home
 from srcluster.cli import main
-from helpers.jobs import LAUNCH_TRAIN as TRAIN, LAUNCH_VAL as VAL, launch_job, write_job
-from helpers.free_ports import free_port_block
-from helpers.launch import BIN, only_run, ray_start_args
 
 pytestmark = pytest.mark.slow
 
@@ -46,13 +49,32 @@ def test_the_sbatch_script_runs_the_stage_on_slurm(stack, sample_data, slurm, tm
     write_job(tmp_path, launch_job("launch-slurm"))
     ray_temp = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
     port = free_port_block(2)
-    args = ["render", "slurm", "job.yml", "--nodes", "1", "--gpus-per-node", "0",
-            "--cpus-per-node", str(os.cpu_count() or 1), "--log", str(tmp_path / "slurm-%j.out"), "--join-timeout", "180",
-            "--ray-port", str(port), "--dashboard-port", str(port + 1),
-            # this machine runs other Ray clusters: every port and the temp dir of its own
-            "--ray-args", shlex.join(ray_start_args(ray_temp)),
-            "--setup", f"export PATH={shlex.quote(str(BIN))}:$PATH SRCLUSTER_HEAD_IP=127.0.0.1",
-            "-o", "job.sbatch"]
+    args = [
+        "render",
+        "slurm",
+        "job.yml",
+        "--nodes",
+        "1",
+        "--gpus-per-node",
+        "0",
+        "--cpus-per-node",
+        str(os.cpu_count() or 1),
+        "--log",
+        str(tmp_path / "slurm-%j.out"),
+        "--join-timeout",
+        "180",
+        "--ray-port",
+        str(port),
+        "--dashboard-port",
+        str(port + 1),
+        # this machine runs other Ray clusters: every port and the temp dir of its own
+        "--ray-args",
+        shlex.join(ray_start_args(ray_temp)),
+        "--setup",
+        f"export PATH={shlex.quote(str(BIN))}:$PATH SRCLUSTER_HEAD_IP=127.0.0.1",
+        "-o",
+        "job.sbatch",
+    ]
     assert main(args) == 0, capsys.readouterr().err
     script = (tmp_path / "job.sbatch").read_text()
     assert f"export SRCLUSTER_HOME={home.home()}" in script
@@ -70,4 +92,3 @@ def test_the_sbatch_script_runs_the_stage_on_slurm(stack, sample_data, slurm, tm
     assert "1/1 Ray node(s) up" in output and "iter 4/4" in output and "stopping the Ray cluster" in output
     run = only_run("launch-slurm")
     assert run.info.status == "FINISHED"
-

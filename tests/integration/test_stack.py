@@ -22,6 +22,7 @@ from helpers.free_ports import free_port_block
 from srcluster import home
 from srcluster import stack as stack_mod  # the module; `stack` is the session fixture
 from srcluster.errors import StackError
+from srcluster.stack import processes as stack_processes
 from srcluster.storage import StorageSettings
 
 S3_SPAN = len(stack_mod.S3_PORT_ROLES)
@@ -35,13 +36,13 @@ def local_secret(root: Path) -> str:
 
 def wait_gone(pids: list[int], seconds: float = 10) -> list[int]:
     deadline = time.monotonic() + seconds
-    while (alive := [p for p in pids if stack_mod._start_token(p)]) and time.monotonic() < deadline:
+    while (alive := [p for p in pids if stack_processes._start_token(p)]) and time.monotonic() < deadline:
         time.sleep(0.1)
     return alive
 
 
 def group_members(pgid: int) -> list[int]:
-    return stack_mod._group_members(pgid)
+    return stack_processes._group_members(pgid)
 
 
 # --- the session's stack ----------------------------------------------------------------------------------------------
@@ -174,7 +175,8 @@ def test_dead_service_restarts_and_down_stops_it(own_home):
 STUBBORN = """
 import signal, subprocess, sys, time
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"])
+child = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+subprocess.Popen([sys.executable, "-c", child])
 time.sleep(60)
 """
 
@@ -187,14 +189,19 @@ def start_stubborn_group(own_home) -> tuple[subprocess.Popen, list[int]]:
     deadline = time.monotonic() + 10
     while len(group_members(proc.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    entry = {"pid": proc.pid, "port": 1, "url": "http://127.0.0.1:1", "started": stack_mod._start_token(proc.pid),
-             "cmdline": [sys.executable, "-c", "..."]}
+    entry = {
+        "pid": proc.pid,
+        "port": 1,
+        "url": "http://127.0.0.1:1",
+        "started": stack_processes._start_token(proc.pid),
+        "cmdline": [sys.executable, "-c", "..."],
+    }
     home.stack_state_path().write_text(json.dumps({"mlflow": entry}))
     return proc, group_members(proc.pid)
 
 
 def test_down_kills_the_whole_process_group(own_home):
-    proc, pids = start_stubborn_group(own_home)
+    _proc, pids = start_stubborn_group(own_home)
     assert len(pids) == 2
     assert stack_mod.down(grace=0.5) == ["mlflow"]
     assert not wait_gone(pids, 2)  # (down reaped the leader, so proc.returncode tells nothing)

@@ -23,7 +23,9 @@ def fake_stack(tmp_path, monkeypatch):
     monkeypatch.setenv("SRCLUSTER_HOME", str(tmp_path / "home"))
     home.home().mkdir()
     home.stack_state_path().write_text(json.dumps({"s3": {"url": STACK_URL}}))
-    home.credentials_path().write_text("[srcluster]\naws_access_key_id = STACKKEY\naws_secret_access_key = stacksecret\n")
+    home.credentials_path().write_text(
+        "[srcluster]\naws_access_key_id = STACKKEY\naws_secret_access_key = stacksecret\n"
+    )
     shared = tmp_path / "aws-credentials"
     shared.write_text("[other]\naws_access_key_id = PROFILEKEY\naws_secret_access_key = profilesecret\n")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(shared))

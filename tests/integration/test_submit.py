@@ -8,27 +8,29 @@ submission carries, as on a real cluster. Bad input is checked to fail in one li
 from __future__ import annotations
 
 import configparser
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from helpers.free_ports import free_port_block
+from helpers.jobs import CANARY, launch_job, write_job
+from helpers.jobs import LAUNCH_TRAIN as TRAIN
+from helpers.jobs import LAUNCH_VAL as VAL
+from helpers.launch import BIN, only_run, ray_start_args
 from srcluster import home
 from srcluster.cli import main
 from srcluster.launch.submit import prepare
-from helpers.jobs import CANARY, LAUNCH_TRAIN as TRAIN, LAUNCH_VAL as VAL, launch_job, write_job
-from helpers.launch import BIN, only_run, ray_start_args
+
 
 def local_secret() -> str:
     parser = configparser.ConfigParser()
@@ -80,10 +82,8 @@ def stop_tree(proc: subprocess.Popen, grace: float = 15) -> None:
     pids = tree(proc.pid)
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             proc.poll()  # reap the leader, our child
@@ -102,8 +102,9 @@ def sample_data(stack):
     return build_sample_dataset(TRAIN, VAL, tile=64, val_size=64, progress=False)
 
 
-def start_head(temp: Path, env: dict[str, str], token: str,
-               timeout: float = 240) -> tuple[subprocess.Popen | None, str]:
+def start_head(
+    temp: Path, env: dict[str, str], token: str, timeout: float = 240
+) -> tuple[subprocess.Popen | None, str]:
     """`ray start --head --block` -> (process, dashboard URL) once the node is fully up ("Ray runtime started") and
     the dashboard answers; (None, why) when `ray start` gave up (it allows the raylet 30 s to register, which a
     loaded machine can miss)."""
@@ -112,11 +113,26 @@ def start_head(temp: Path, env: dict[str, str], token: str,
     port = free_port_block(2)
     log_path = temp / f"head-{port}.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", f"--port={port}",
-                                 f"--dashboard-port={port + 1}", "--num-cpus=4", "--include-dashboard=true",
-                                 "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-                                 "--disable-usage-stats", *ray_start_args(temp)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                "--block",
+                f"--port={port}",
+                f"--dashboard-port={port + 1}",
+                "--num-cpus=4",
+                "--include-dashboard=true",
+                "--node-ip-address=127.0.0.1",
+                "--dashboard-host=127.0.0.1",
+                "--disable-usage-stats",
+                *ray_start_args(temp),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     address = f"http://127.0.0.1:{port + 1}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -124,9 +140,10 @@ def start_head(temp: Path, env: dict[str, str], token: str,
             stop_tree(proc)
             return None, log_path.read_text()[-3000:]
         try:
-            if ("Ray runtime started" in log_path.read_text()
-                    and requests.get(f"{address}/api/version", headers={"Authorization": f"Bearer {token}"},
-                                     timeout=2).ok):
+            if (
+                "Ray runtime started" in log_path.read_text()
+                and requests.get(f"{address}/api/version", headers={"Authorization": f"Bearer {token}"}, timeout=2).ok
+            ):
                 return proc, address
         except requests.RequestException:
             pass
@@ -154,15 +171,17 @@ def ray_head(stack):
 
 
 def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    # the caller asserts on the return code and shows the output when it is wrong
+    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def jobs_on(head: Head) -> list[dict]:
     """The head's jobs through its REST API (this process's Ray client may hold the session cluster's token)."""
     import requests
 
-    answer = requests.get(f"{head.address}/api/jobs/", headers={"Authorization": f"Bearer {head.env['RAY_AUTH_TOKEN']}"},
-                          timeout=30)
+    answer = requests.get(
+        f"{head.address}/api/jobs/", headers={"Authorization": f"Bearer {head.env['RAY_AUTH_TOKEN']}"}, timeout=30
+    )
     answer.raise_for_status()
     return answer.json()
 
@@ -174,11 +193,17 @@ def jobs_on(head: Head) -> list[dict]:
 def test_srcluster_submit_follow_runs_the_stage_on_the_head(stack, sample_data, ray_head, tmp_path):
     write_job(tmp_path, launch_job("launch-sdk"))
     # the submitter's view of storage and MLflow travels with the job; the head's own environment has neither
-    submit_env = {**ray_head.env, "SRCLUSTER_HOME": str(home.home()), "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],
-                  "AWS_SECRET_ACCESS_KEY": CANARY, "AWS_ACCESS_KEY_ID": "AKIACANARY"}
+    submit_env = {
+        **ray_head.env,
+        "SRCLUSTER_HOME": str(home.home()),
+        "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],
+        "AWS_SECRET_ACCESS_KEY": CANARY,
+        "AWS_ACCESS_KEY_ID": "AKIACANARY",
+    }
     # keys in the submitter's shell do not travel: on the head the job finds the stack's own credentials file
-    out = run_cli([str(BIN / "srcluster"), "submit", "job.yml", "--address", ray_head.address, "--follow"],
-                  submit_env, tmp_path)
+    out = run_cli(
+        [str(BIN / "srcluster"), "submit", "job.yml", "--address", ray_head.address, "--follow"], submit_env, tmp_path
+    )
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     job_id = out.stdout.splitlines()[0].strip()
     assert job_id.startswith("srcluster-launch-sdk-")
@@ -193,16 +218,19 @@ def test_srcluster_submit_follow_runs_the_stage_on_the_head(stack, sample_data, 
     assert local_secret() not in spec and CANARY not in spec and "AKIACANARY" not in spec
     assert info["runtime_env"]["env_vars"]["MLFLOW_TRACKING_URI"] == os.environ["MLFLOW_TRACKING_URI"]
 
-    status = run_cli([str(BIN / "srcluster"), "jobs", "status", job_id, "--address", ray_head.address],
-                     ray_head.env, tmp_path)
+    status = run_cli(
+        [str(BIN / "srcluster"), "jobs", "status", job_id, "--address", ray_head.address], ray_head.env, tmp_path
+    )
     assert status.returncode == 0 and status.stdout.startswith("SUCCEEDED")
-    logs = run_cli([str(BIN / "srcluster"), "jobs", "logs", job_id], {**ray_head.env, "RAY_ADDRESS": ray_head.address},
-                   tmp_path)
+    logs = run_cli(
+        [str(BIN / "srcluster"), "jobs", "logs", job_id], {**ray_head.env, "RAY_ADDRESS": ray_head.address}, tmp_path
+    )
     assert logs.returncode == 0 and "iter 4/4" in logs.stdout
     listing = run_cli([str(BIN / "srcluster"), "jobs", "list", "--address", ray_head.address], ray_head.env, tmp_path)
     assert job_id in listing.stdout and "SUCCEEDED" in listing.stdout
-    stop = run_cli([str(BIN / "srcluster"), "jobs", "stop", "no-such-job", "--address", ray_head.address],
-                   ray_head.env, tmp_path)
+    stop = run_cli(
+        [str(BIN / "srcluster"), "jobs", "stop", "no-such-job", "--address", ray_head.address], ray_head.env, tmp_path
+    )
     assert stop.returncode == 2 and len(stop.stderr.strip().splitlines()) == 1 and "no-such-job" in stop.stderr
 
 
@@ -210,11 +238,30 @@ def test_srcluster_submit_follow_runs_the_stage_on_the_head(stack, sample_data, 
 def test_plain_ray_job_submit_runs_the_stage(stack, sample_data, ray_head, tmp_path):
     """The documented form: `ray job submit --working-dir . -- srcluster train FILE`, endpoints as env_vars."""
     write_job(tmp_path, launch_job("launch-plain"))
-    env_vars = {"SRCLUSTER_HOME": str(home.home()), "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],
-                "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1"}
-    out = run_cli([str(BIN / "ray"), "job", "submit", "--address", ray_head.address, "--working-dir", ".",
-                   "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--", "srcluster", "train", "job.yml"],
-                  ray_head.env, tmp_path)
+    env_vars = {
+        "SRCLUSTER_HOME": str(home.home()),
+        "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],
+        "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1",
+    }
+    out = run_cli(
+        [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            ray_head.address,
+            "--working-dir",
+            ".",
+            "--runtime-env-json",
+            json.dumps({"env_vars": env_vars}),
+            "--",
+            "srcluster",
+            "train",
+            "job.yml",
+        ],
+        ray_head.env,
+        tmp_path,
+    )
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     assert "succeeded" in (out.stdout + out.stderr).lower()
     run = only_run("launch-plain")
@@ -226,8 +273,9 @@ def test_bad_input_against_a_live_head_submits_nothing(stack, ray_head, tmp_path
     monkeypatch.chdir(tmp_path)
     before = len(jobs_on(ray_head))
     bad = write_job(tmp_path, {**launch_job("launch-bad"), "network_g": {"type": "no_such_arch"}})
-    missing = write_job(tmp_path, launch_job("launch-missing", path={"pretrain_network_g": "weights/g.safetensors"}),
-                        "missing.yml")
+    missing = write_job(
+        tmp_path, launch_job("launch-missing", path={"pretrain_network_g": "weights/g.safetensors"}), "missing.yml"
+    )
     for job in (bad, missing):
         assert main(["submit", job.name, "--address", ray_head.address]) == 2
         err = capsys.readouterr().err
@@ -238,15 +286,28 @@ def test_bad_input_against_a_live_head_submits_nothing(stack, ray_head, tmp_path
 # --- bad input, no cluster needed: each is one line, found before contacting any head ---------------------------------
 
 
-@pytest.mark.parametrize("change, args, expected", [
-    ({"network_g": {"type": "no_such_arch"}}, [], "network_g"),
-    ({"path": {"pretrain_network_g": "weights/g.safetensors"}}, [], "path.pretrain_network_g names weights/g.safetensors, which does not exist"),
-    ({"datasets": {"train": {"dataroot_gt": "../elsewhere"}, "val": {"dataroot_gt": VAL}}}, [], "outside"),
-    ({}, ["--env", "AWS_SECRET_ACCESS_KEY=x"], "--env AWS_SECRET_ACCESS_KEY: looks like a secret"),
-    ({"srcluster": {"workers": 1, "mlflow": {"tracking_uri": "http://me:hunter2@mlflow:5000"}}}, [], "password"),
-    ({}, ["--env", "MLFLOW_TRACKING_URI=http://me:hunter2@mlflow:5000"], "MLFLOW_TRACKING_URI holds a URL with a password"),
-])
-def test_bad_job_files_fail_in_one_line_before_contacting_the_head(tmp_path, monkeypatch, capsys, change, args, expected):
+@pytest.mark.parametrize(
+    ("change", "args", "expected"),
+    [
+        ({"network_g": {"type": "no_such_arch"}}, [], "network_g"),
+        (
+            {"path": {"pretrain_network_g": "weights/g.safetensors"}},
+            [],
+            "path.pretrain_network_g names weights/g.safetensors, which does not exist",
+        ),
+        ({"datasets": {"train": {"dataroot_gt": "../elsewhere"}, "val": {"dataroot_gt": VAL}}}, [], "outside"),
+        ({}, ["--env", "AWS_SECRET_ACCESS_KEY=x"], "--env AWS_SECRET_ACCESS_KEY: looks like a secret"),
+        ({"srcluster": {"workers": 1, "mlflow": {"tracking_uri": "http://me:hunter2@mlflow:5000"}}}, [], "password"),
+        (
+            {},
+            ["--env", "MLFLOW_TRACKING_URI=http://me:hunter2@mlflow:5000"],
+            "MLFLOW_TRACKING_URI holds a URL with a password",
+        ),
+    ],
+)
+def test_bad_job_files_fail_in_one_line_before_contacting_the_head(
+    tmp_path, monkeypatch, capsys, change, args, expected
+):
     monkeypatch.chdir(tmp_path)
     write_job(tmp_path, {**launch_job("bad"), **change})
     assert main(["submit", "job.yml", "--address", "http://127.0.0.1:9", *args]) == 2
@@ -289,7 +350,9 @@ def test_the_working_folder_holds_the_job_and_its_local_files_and_the_env_no_sec
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.example:5000"
         assert env["AWS_ENDPOINT_URL"] == "http://s3.example:8333"
         assert submission.runtime_env["pip"] == ["lpips==0.1.4"]
-        assert CANARY not in json.dumps(submission.runtime_env) and "AKIACANARY" not in json.dumps(submission.runtime_env)
+        assert CANARY not in json.dumps(submission.runtime_env) and "AKIACANARY" not in json.dumps(
+            submission.runtime_env
+        )
     finally:
         submission.workdir.cleanup()
 
@@ -307,7 +370,9 @@ def test_local_files_too_big_to_travel_are_refused(tmp_path, monkeypatch, capsys
     monkeypatch.chdir(tmp_path)
     (tmp_path / "hr").mkdir()
     (tmp_path / "hr" / "0001.png").write_bytes(b"x" * (3 << 20))
-    write_job(tmp_path, {**launch_job("big"), "datasets": {"train": {"dataroot_gt": "hr"}, "val": {"dataroot_gt": VAL}}})
+    write_job(
+        tmp_path, {**launch_job("big"), "datasets": {"train": {"dataroot_gt": "hr"}, "val": {"dataroot_gt": VAL}}}
+    )
     monkeypatch.setattr("srcluster.launch.submit.WORKING_DIR_LIMIT", 2 << 20)
     assert main(["submit", "job.yml", "--address", "http://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err

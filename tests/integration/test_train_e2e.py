@@ -7,6 +7,7 @@ import configparser
 import pytest
 import yaml
 
+from helpers.jobs import TRAIN, VAL, tiny_job
 from srcluster import home
 from srcluster.cli import main
 from srcluster.data.sample import build_sample_dataset
@@ -14,9 +15,8 @@ from srcluster.storage import StorageSettings
 from srcluster.tracking.tracker import Tracker
 from srcluster.train.stage import run_stage
 
-from helpers.jobs import TRAIN, VAL, tiny_job
-
 pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def sample_data(stack):
@@ -66,18 +66,34 @@ def test_stage_streams_from_s3_checkpoints_to_s3_and_tracks_in_mlflow(stack, ray
 
 
 @pytest.mark.parametrize(
-    "change, env, expected",
+    ("change", "env", "expected"),
     [
-        ({"srcluster": {"workers": 2, "s3_endpoint": "http://127.0.0.1:9"}}, {"AWS_PROFILE": "srcluster"},
-         "cannot reach S3 endpoint http://127.0.0.1:9"),
+        (
+            {"srcluster": {"workers": 2, "s3_endpoint": "http://127.0.0.1:9"}},
+            {"AWS_PROFILE": "srcluster"},
+            "cannot reach S3 endpoint http://127.0.0.1:9",
+        ),
         ({"srcluster": {"workers": 2, "s3_endpoint": "http://127.0.0.1:9"}}, {}, "no S3 credentials"),
-        ({}, {"AWS_ACCESS_KEY_ID": "AKIAWRONGWRONG", "AWS_SECRET_ACCESS_KEY": "wrong-secret-value"},
-         "rejected the credentials"),
-        ({"datasets": {"train": {"dataroot_gt": "s3://no-such-bucket/x"}}}, {}, "bucket 'no-such-bucket' does not exist"),
-        ({"datasets": {"train": {"dataroot_gt": "s3://srcluster/e2e/nothing-here"}}}, {}, "dataset s3://srcluster/e2e/nothing-here does not exist"),
+        (
+            {},
+            {"AWS_ACCESS_KEY_ID": "AKIAWRONGWRONG", "AWS_SECRET_ACCESS_KEY": "wrong-secret-value"},
+            "rejected the credentials",
+        ),
+        (
+            {"datasets": {"train": {"dataroot_gt": "s3://no-such-bucket/x"}}},
+            {},
+            "bucket 'no-such-bucket' does not exist",
+        ),
+        (
+            {"datasets": {"train": {"dataroot_gt": "s3://srcluster/e2e/nothing-here"}}},
+            {},
+            "dataset s3://srcluster/e2e/nothing-here does not exist",
+        ),
     ],
 )
-def test_bad_storage_fails_in_one_line_before_training(stack, sample_data, tmp_path, monkeypatch, capsys, change, env, expected):
+def test_bad_storage_fails_in_one_line_before_training(
+    stack, sample_data, tmp_path, monkeypatch, capsys, change, env, expected
+):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     job = tiny_job(**change)
@@ -99,10 +115,17 @@ def test_plateau_stops_early_and_the_best_generator_goes_downstream(stack, ray_c
     from srcluster.config import parse_job
 
     # min_delta so large that no validation after the first counts as an improvement: the run stops at the second
-    job = tiny_job(name="plateau", train={"total_iter": 400, "losses": [{"type": "charbonnierloss", "loss_weight": 1.0}]},
-                   val={"val_freq": 4}, logger={"print_freq": 4, "save_checkpoint_freq": 100},
-                   srcluster={"workers": 2, "checkpoints": {"keep_last": 1, "best": "ssim"},
-                              "plateau": {"patience": 1, "min_delta": 100.0}})
+    job = tiny_job(
+        name="plateau",
+        train={"total_iter": 400, "losses": [{"type": "charbonnierloss", "loss_weight": 1.0}]},
+        val={"val_freq": 4},
+        logger={"print_freq": 4, "save_checkpoint_freq": 100},
+        srcluster={
+            "workers": 2,
+            "checkpoints": {"keep_last": 1, "best": "ssim"},
+            "plateau": {"patience": 1, "min_delta": 100.0},
+        },
+    )
     result = run_stage(parse_job(job))
 
     assert result.iterations == 8 and result.metrics["stopped_early"] == 1
@@ -117,8 +140,13 @@ def test_plateau_stops_early_and_the_best_generator_goes_downstream(stack, ray_c
 
     client = Tracker().client
     run = client.get_run(result.run_id)
-    assert run.data.tags["srcluster.best_iteration"] == "4" and run.data.tags["srcluster.generator_uri"] == result.generator_uri
-    assert {f.path for f in client.list_artifacts(result.run_id, "model/best")} == {"model/best/net_g_ema_4.safetensors"}
+    assert (
+        run.data.tags["srcluster.best_iteration"] == "4"
+        and run.data.tags["srcluster.generator_uri"] == result.generator_uri
+    )
+    assert {f.path for f in client.list_artifacts(result.run_id, "model/best")} == {
+        "model/best/net_g_ema_4.safetensors"
+    }
     again = run_stage(parse_job(job))  # a reused run passes the same best generator downstream
     assert again.reused and again.generator_uri == result.generator_uri and again.iterations == 8
 
@@ -134,15 +162,21 @@ def test_two_nodes_read_their_own_shards_and_an_elastic_run_survives_losing_one(
 
     from srcluster.config import parse_job
 
-    job = tiny_job(name="elastic", train={"total_iter": 60, "losses": [{"type": "charbonnierloss", "loss_weight": 1.0}]},
-                   val={"val_freq": 100}, logger={"print_freq": 4, "save_checkpoint_freq": 4},
-                   srcluster={"workers": [1, 2], "max_failures": 3})
+    job = tiny_job(
+        name="elastic",
+        train={"total_iter": 60, "losses": [{"type": "charbonnierloss", "loss_weight": 1.0}]},
+        val={"val_freq": 100},
+        logger={"print_freq": 4, "save_checkpoint_freq": 4},
+        srcluster={"workers": [1, 2], "max_failures": 3},
+    )
     parse_job(job)  # a bad job fails here, not in the subprocess
     spec = tmp_path / "job.json"
     spec.write_text(json.dumps(job))
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_DEDUP_LOGS": "0"}
     script = Path(__file__).parents[1] / "helpers" / "ray_nodes.py"
-    out = subprocess.run([sys.executable, str(script), str(spec)], capture_output=True, text=True, timeout=900, env=env)
+    out = subprocess.run(  # check=False: the assertion below shows the output of a failed run
+        [sys.executable, str(script), str(spec)], capture_output=True, text=True, timeout=900, env=env, check=False
+    )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -160,8 +194,9 @@ def test_two_nodes_read_their_own_shards_and_an_elastic_run_survives_losing_one(
     run = client.get_run(result["run_id"])
     resizes = {k: v for k, v in run.data.tags.items() if k.startswith("srcluster.resize.")}
     assert "removing a node" in out.stdout
-    assert any(v.startswith("2 -> 1 workers: batch_size_per_gpu 2, accum_iter 2") for v in resizes.values()), \
-        (out.stdout + out.stderr)[-6000:]
+    assert any(v.startswith("2 -> 1 workers: batch_size_per_gpu 2, accum_iter 2") for v in resizes.values()), (
+        out.stdout + out.stderr
+    )[-6000:]
     workers = {int(m.value) for m in client.get_metric_history(result["run_id"], "workers")}
     assert workers == {1, 2}
     assert run.data.params["effective_batch"] == "4"

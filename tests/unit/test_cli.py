@@ -1,13 +1,12 @@
 """The CLI shells over evaluate and degrade preview, as a user calls them."""
 
 import json
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from srcluster.cli import main
 from helpers.shared import shared_data
+from srcluster.cli import main
 
 SHARED = shared_data()
 TEMPLATES = SHARED / "trainner-redux-templates"
@@ -29,6 +28,19 @@ def test_evaluate_missing_folder_is_one_line(capsys, tmp_path):
 @needs_shared
 def test_degrade_preview_writes_a_grid(tmp_path):
     out = tmp_path / "grid.png"
-    assert main(["degrade", "preview", str(TEMPLATES / "Compact_OTF_gan.yml"),
-                 str(SHARED / "Set5" / "HR" / "butterfly.png"), "-n", "4", "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "degrade",
+                "preview",
+                str(TEMPLATES / "Compact_OTF_gan.yml"),
+                str(SHARED / "Set5" / "HR" / "butterfly.png"),
+                "-n",
+                "4",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert Image.open(out).size[0] > 0

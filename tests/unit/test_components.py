@@ -1,4 +1,5 @@
-"""Every training component built from its small spec alone, without a job; the job -> specs mapping; torch-free specs."""
+"""Every training component built from its small spec alone, without a job; the job -> specs mapping; torch-free
+specs."""
 
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ def test_a_gan_job_composes_its_specs():
     specs = stage_specs(job)
     assert specs.generator == NetworkSpec("compact", {"num_feat": 8}) and specs.scale == 4 and specs.seed == 7
     assert specs.discriminator == NetworkSpec("patchgan", {"num_feat": 8})
-    assert [(l.type, l.weight) for l in specs.losses] == [("charbonnierloss", 2.0), ("ganloss", 0.1)]
+    assert [(loss.type, loss.weight) for loss in specs.losses] == [("charbonnierloss", 2.0), ("ganloss", 0.1)]
     assert specs.losses[1].options == {"gan_type": "vanilla"}
     assert specs.optim_g == specs.optim_d == OptimizerSpec("AdamW", 1e-3, 0.0, (0.5, 0.9))  # optim_d: optim_g's
     assert specs.scheduler == SchedulerSpec("MultiStepLR", 100, (50,), 0.1, 0.0, 5)

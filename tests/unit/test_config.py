@@ -1,14 +1,13 @@
 """The job file: what users type, and the one-line errors they get when they mistype it."""
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 
+from helpers.shared import shared_data
 from srcluster.cli import main
 from srcluster.config import ConfigError, flatten, load_job, parse_job
-from helpers.shared import shared_data
 
 MINIMAL = {
     "name": "t",
@@ -38,21 +37,30 @@ def test_minimal_job_fills_traiNNer_defaults():
 
 
 @pytest.mark.parametrize(
-    "data, expected",
+    ("data", "expected"),
     [
         (with_("datasets.train.lq_siz", 32), "datasets.train.lq_siz: unknown key (did you mean 'lq_size'?)"),
         (with_("train.total_iter", "many"), "train.total_iter: Input should be a valid integer"),
-        (with_("datasets.train.batch_size_per_gpu", 0), "datasets.train.batch_size_per_gpu: Input should be greater than 0"),
+        (
+            with_("datasets.train.batch_size_per_gpu", 0),
+            "datasets.train.batch_size_per_gpu: Input should be greater than 0",
+        ),
         (with_("scale", 5), "scale: Input should be 1, 2, 3, 4 or 8"),
         (with_("network_g.type", "compakt"), "network_g.type: unknown generator 'compakt' (did you mean 'compact'"),
         (with_("train.losses", [{"type": "charbonierloss"}]), "train.losses[0].type: unknown loss 'charbonierloss'"),
         (with_("train.losses", [{"type": "ganloss", "loss_weight": 0.1}]), "no network_d is configured"),
-        (with_("val.metrics", {"psnr": {"type": "calculate_psnrr"}}),
-         "val.metrics.psnr.type: unknown metric 'psnrr' (did you mean 'psnr'?)"),
-        (with_("val.metrics", {"lpips": {"type": "calculate_lpips", "nett": "vgg"}}),
-         "val.metrics.lpips: lpips has no option 'nett' (did you mean 'net'?)"),
-        (with_("logger.save_checkpoint_format", "ckpt"),
-         "logger.save_checkpoint_format: Input should be 'safetensors' or 'pth'"),
+        (
+            with_("val.metrics", {"psnr": {"type": "calculate_psnrr"}}),
+            "val.metrics.psnr.type: unknown metric 'psnrr' (did you mean 'psnr'?)",
+        ),
+        (
+            with_("val.metrics", {"lpips": {"type": "calculate_lpips", "nett": "vgg"}}),
+            "val.metrics.lpips: lpips has no option 'nett' (did you mean 'net'?)",
+        ),
+        (
+            with_("logger.save_checkpoint_format", "ckpt"),
+            "logger.save_checkpoint_format: Input should be 'safetensors' or 'pth'",
+        ),
     ],
 )
 def test_bad_values_name_the_key(data, expected):
@@ -113,8 +121,10 @@ def test_every_trainner_redux_template_loads_with_its_ignored_keys_named(templat
     assert job.network_g.type == data["network_g"]["type"]
     from srcluster.components.losses import LOSSES
 
-    kept = [l["type"] for l in data["train"]["losses"] if l["loss_weight"] > 0 or l["type"] in LOSSES.names()]
-    assert [l.type for l in job.train.losses] == kept  # unimplemented losses at weight 0 are dropped, with a warning
+    losses = data["train"]["losses"]
+    kept = [loss["type"] for loss in losses if loss["loss_weight"] > 0 or loss["type"] in LOSSES.names()]
+    # unimplemented losses at weight 0 are dropped, with a warning
+    assert [loss.type for loss in job.train.losses] == kept
     for warning in job.warnings:  # each one says which key and why
         assert warning.startswith(f"{template}: ") and ("ignored (" in warning or "not implemented" in warning)
     assert any("num_gpu: ignored" in w for w in job.warnings)
@@ -133,8 +143,10 @@ def test_trainner_logger_options_srcluster_replaces_are_warnings():
     job = parse_job(with_("logger", {"save_checkpoint_format": "pth", "use_tb_logger": True}), "job.yml")
     assert job.warnings == [
         "job.yml: logger.use_tb_logger: ignored (metrics go to MLflow)",
-        ("job.yml: logger.save_checkpoint_format: pth ignored (srcluster writes safetensors, which spandrel/chaiNNer "
-         "and traiNNer-redux load)"),
+        (
+            "job.yml: logger.save_checkpoint_format: pth ignored (srcluster writes safetensors, which "
+            "spandrel/chaiNNer and traiNNer-redux load)"
+        ),
     ]
     assert "logger.use_tb_logger" not in flatten(job.model_dump(mode="json"))  # lifted out: not a job option
     assert not parse_job(with_("logger.save_checkpoint_format", "safetensors")).warnings
@@ -146,7 +158,9 @@ def test_unimplemented_trainner_loss_with_weight_is_an_error():
 
 
 def test_component_options_are_checked():
-    with pytest.raises(ConfigError, match=r"train.losses\[0\]: hsluvloss has no option 'critrion' \(did you mean 'criterion'"):
+    with pytest.raises(
+        ConfigError, match=r"train.losses\[0\]: hsluvloss has no option 'critrion' \(did you mean 'criterion'"
+    ):
         parse_job(with_("train.losses", [{"type": "hsluvloss", "critrion": "l1"}]))
     with pytest.raises(ConfigError, match="compact"):
         parse_job(with_("network_g", {"type": "compact", "num_feet": 8}))
@@ -167,18 +181,34 @@ def test_degradation_keys_become_the_jobs_degradations_and_travel_to_the_workers
     assert parse_job(MINIMAL).datasets.train.degradations is None
 
 
-@pytest.mark.parametrize("data, expected", [
-    ({**with_("datasets.train.kernel_range", [4, 9]), **OTF},
-     "job.yml: datasets.train.kernel_range: kernel sizes must be odd"),
-    ({**MINIMAL, **OTF, "jpeg_range": [90, 40]}, "job.yml: jpeg_range: must be [min, max] with min <= max"),
-    ({**MINIMAL, **OTF, "blur_prob": 1.5}, "job.yml: blur_prob: Input should be less than or equal to 1"),
-    ({**MINIMAL, **OTF, "kernel_list": ["iso"]}, "job.yml: kernel_list: belongs under datasets.train"),
-    ({**with_("datasets.train.jpeg_prob", 0.5), **OTF}, "job.yml: datasets.train.jpeg_prob: belongs at the top level"),
-    ({**with_("datasets.train.dataroot_lq", "s3://srcluster/lr"), **OTF},
-     "job.yml: high_order_degradation: LR is made from HR on the fly, so datasets.train.dataroot_lq would be unused"),
-    (with_("datasets.train.degradations", {"blur_prob": 1}), "job.yml: datasets.train.degradations: not a job-file key"),
-    ({**MINIMAL, "srcluster": {"degrade_on": "gpu"}}, "job.yml: srcluster.degrade_on: Input should be"),
-])
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            {**with_("datasets.train.kernel_range", [4, 9]), **OTF},
+            "job.yml: datasets.train.kernel_range: kernel sizes must be odd",
+        ),
+        ({**MINIMAL, **OTF, "jpeg_range": [90, 40]}, "job.yml: jpeg_range: must be [min, max] with min <= max"),
+        ({**MINIMAL, **OTF, "blur_prob": 1.5}, "job.yml: blur_prob: Input should be less than or equal to 1"),
+        ({**MINIMAL, **OTF, "kernel_list": ["iso"]}, "job.yml: kernel_list: belongs under datasets.train"),
+        (
+            {**with_("datasets.train.jpeg_prob", 0.5), **OTF},
+            "job.yml: datasets.train.jpeg_prob: belongs at the top level",
+        ),
+        (
+            {**with_("datasets.train.dataroot_lq", "s3://srcluster/lr"), **OTF},
+            (
+                "job.yml: high_order_degradation: LR is made from HR on the fly, so datasets.train.dataroot_lq "
+                "would be unused"
+            ),
+        ),
+        (
+            with_("datasets.train.degradations", {"blur_prob": 1}),
+            "job.yml: datasets.train.degradations: not a job-file key",
+        ),
+        ({**MINIMAL, "srcluster": {"degrade_on": "gpu"}}, "job.yml: srcluster.degrade_on: Input should be"),
+    ],
+)
 def test_bad_degradations_name_the_key(data, expected):
     with pytest.raises(ConfigError) as err:
         parse_job(data, "job.yml")
@@ -188,8 +218,10 @@ def test_bad_degradations_name_the_key(data, expected):
 def test_degradation_keys_without_high_order_degradation_are_named_as_ignored():
     job = parse_job({**with_("datasets.train.kernel_range", [3, 9]), "jpeg_range": [40, 90]}, "job.yml")
     assert job.datasets.train.degradations is None
-    assert sorted(job.warnings) == ["job.yml: datasets.train.kernel_range: ignored (high_order_degradation is false)",
-                                    "job.yml: jpeg_range: ignored (high_order_degradation is false)"]
+    assert sorted(job.warnings) == [
+        "job.yml: datasets.train.kernel_range: ignored (high_order_degradation is false)",
+        "job.yml: jpeg_range: ignored (high_order_degradation is false)",
+    ]
 
 
 def test_where_degradations_run():

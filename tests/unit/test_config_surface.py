@@ -101,7 +101,7 @@ def unread(model: type[BaseModel], source: Path = SOURCE, schema_modules: set[Pa
     names, prefixes = read_names(source, schema_modules)
 
     def is_read(name: str) -> bool:
-        return name in names or any(name.startswith(p) and name[len(p):] in ("", *"0123456789") for p in prefixes)
+        return name in names or any(name.startswith(p) and name[len(p) :] in ("", *"0123456789") for p in prefixes)
 
     return {path for path, name in schema_fields(model).items() if not is_read(name)}
 
@@ -110,7 +110,8 @@ def test_every_job_option_is_read_or_named_as_not_read():
     nobody_reads = unread(Job)
     assert nobody_reads - NOT_READ.keys() == set(), (
         "job options srcluster accepts and reads nowhere: act on them, or warn (job.warnings) and list them in "
-        "srcluster.config.NOT_READ with why")
+        "srcluster.config.NOT_READ with why"
+    )
     assert NOT_READ.keys() - nobody_reads == set(), "read now (or not a job option): remove them from NOT_READ"
     assert all(why.strip() for why in NOT_READ.values())
 
@@ -138,8 +139,17 @@ def use(job, cfg, suffix):
 def test_the_scan_finds_an_option_nobody_reads_and_follows_properties_and_getattr(tmp_path):
     (tmp_path / "schema.py").write_text(PROBE_SCHEMA)
     (tmp_path / "user.py").write_text(PROBE_USER)
-    probe = create_model("Probe", __base__=Strict, where=(str, "auto"), checked_only=(bool, True), orphan=(int, 0),
-                         plain=(int, 0), kernel_list=(int, 0), kernel_list2=(int, 0), unused=(int, 0))
+    probe = create_model(
+        "Probe",
+        __base__=Strict,
+        where=(str, "auto"),
+        checked_only=(bool, True),
+        orphan=(int, 0),
+        plain=(int, 0),
+        kernel_list=(int, 0),
+        kernel_list2=(int, 0),
+        unused=(int, 0),
+    )
     # where: read by a property that is read; checked_only: only by a validator; orphan: by a method nobody calls
     assert unread(probe, tmp_path, {tmp_path / "schema.py"}) == {"checked_only", "orphan", "unused"}
 
@@ -158,13 +168,21 @@ def test_importing_the_schema_does_not_import_torch():
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize(("name", "known", "n", "spell", "expected"), [
-    ("lq_siz", ["lq_size", "batch_size_per_gpu"], 1, str, "did you mean 'lq_size'?"),
-    ("compakt", ["compact", "compact2", "span"], 3, str, "did you mean 'compact' or 'compact2'?"),
-    ("kernel_lst", ["kernel_list", "jpeg_range"], 1, lambda k: f"datasets.train.{k}",
-     "did you mean 'datasets.train.kernel_list'?"),
-    ("zzz", ["lq_size"], 1, str, None),
-])
+@pytest.mark.parametrize(
+    ("name", "known", "n", "spell", "expected"),
+    [
+        ("lq_siz", ["lq_size", "batch_size_per_gpu"], 1, str, "did you mean 'lq_size'?"),
+        ("compakt", ["compact", "compact2", "span"], 3, str, "did you mean 'compact' or 'compact2'?"),
+        (
+            "kernel_lst",
+            ["kernel_list", "jpeg_range"],
+            1,
+            lambda k: f"datasets.train.{k}",
+            "did you mean 'datasets.train.kernel_list'?",
+        ),
+        ("zzz", ["lq_size"], 1, str, None),
+    ],
+)
 def test_one_did_you_mean_for_every_hint(name, known, n, spell, expected):
     assert did_you_mean(name, known, n=n, spell=spell) == expected
 

@@ -1,7 +1,10 @@
-"""The one training loop (`train.loop.run`) on CPU without Ray, through a recording reporter: report points, save points,
-validation through the inference module's tiles, the comparison grid only with `val.save_img`, the plateau stop."""
+"""The one training loop (`train.loop.run`) on CPU without Ray, through a recording reporter: report points, save
+points, validation through the inference module's tiles, the comparison grid only with `val.save_img`, the plateau
+stop."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
@@ -137,7 +140,8 @@ def test_out_of_memory_names_the_batch_knobs(val_folder, monkeypatch):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr("srcluster.train.loop.train_step", oom)
-    with pytest.raises(torch.OutOfMemoryError, match="lq_size 8, batch_size_per_gpu 2: lower datasets.train.lq_size"):
+    advice = re.escape("lq_size 8, batch_size_per_gpu 2: lower datasets.train.lq_size")
+    with pytest.raises(torch.OutOfMemoryError, match=advice):
         run(stage, Batches(1), None, Recorder())
 
 

@@ -1,6 +1,6 @@
-"""`srcluster render slurm|k8s`: KubeRay manifests validated against the CRDs' openAPIV3Schema (made strict, so a misspelt
-field fails), no secret in anything rendered, the job file embedded unchanged, and resource requests that cannot fit
-refused in one line before anything is written."""
+"""`srcluster render slurm|k8s`: KubeRay manifests validated against the CRDs' openAPIV3Schema (made strict, so a
+misspelt field fails), no secret in anything rendered, the job file embedded unchanged, and resource requests that
+cannot fit refused in one line before anything is written."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from srcluster.cli import main
 from helpers.jobs import CANARY, launch_job, write_job
 from helpers.shared import shared_data
+from srcluster.cli import main
 
 CRDS = shared_data("kuberay-crds")
 
@@ -30,8 +30,11 @@ def strict(schema: dict) -> dict:
 
     def visit(node):
         if isinstance(node, dict):
-            if ("properties" in node and "additionalProperties" not in node
-                    and not node.get("x-kubernetes-preserve-unknown-fields")):
+            if (
+                "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
                 node["additionalProperties"] = False
             for value in node.values():
                 visit(value)
@@ -79,13 +82,27 @@ def render(capsys, *args: str) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("kind", ["rayjob", "raycluster"])
-def test_k8s_manifests_validate_against_the_kuberay_crds_and_hold_no_secret(tmp_path, monkeypatch, capsys,
-                                                                             secrets_in_env, kind):
+def test_k8s_manifests_validate_against_the_kuberay_crds_and_hold_no_secret(
+    tmp_path, monkeypatch, capsys, secrets_in_env, kind
+):
     monkeypatch.chdir(tmp_path)
     job = launch_job("k8s-stage", srcluster={"workers": 4, "use_gpu": True, "gpus_per_worker": 1, "cpus_per_worker": 4})
     path = write_job(tmp_path, job)
-    code, out, err = render(capsys, "k8s", "job.yml", "--workers", "2", "--gpus-per-worker", "2", "--image",
-                            "ghcr.io/acme/srcluster:0.1", "--kind", kind, "--secret", "sr-creds")
+    code, out, err = render(
+        capsys,
+        "k8s",
+        "job.yml",
+        "--workers",
+        "2",
+        "--gpus-per-worker",
+        "2",
+        "--image",
+        "ghcr.io/acme/srcluster:0.1",
+        "--kind",
+        kind,
+        "--secret",
+        "sr-creds",
+    )
     assert code == 0, err
     assert CANARY not in out and "AKIACANARY" not in out
     config_map, resource = yaml.safe_load_all(out)
@@ -120,7 +137,7 @@ def test_k8s_manifests_validate_against_the_kuberay_crds_and_hold_no_secret(tmp_
 def test_the_strict_crd_check_catches_a_misspelt_field(tmp_path, monkeypatch, capsys, secrets_in_env):
     monkeypatch.chdir(tmp_path)
     write_job(tmp_path, launch_job("typo"))
-    code, out, _ = render(capsys, "k8s", "job.yml", "--workers", "1", "--gpus-per-worker", "0", "--image", "img:1")
+    _code, out, _ = render(capsys, "k8s", "job.yml", "--workers", "1", "--gpus-per-worker", "0", "--image", "img:1")
     resource = list(yaml.safe_load_all(out))[1]
     resource["spec"]["shutdownAfterJobFinish"] = True
     found = errors(crd_validator("RayJob"), resource)
@@ -130,8 +147,9 @@ def test_the_strict_crd_check_catches_a_misspelt_field(tmp_path, monkeypatch, ca
 def test_cpu_only_k8s_has_no_gpu_requests_and_writes_to_a_file(tmp_path, monkeypatch, capsys, secrets_in_env):
     monkeypatch.chdir(tmp_path)
     write_job(tmp_path, launch_job("cpu-stage"))
-    code, out, err = render(capsys, "k8s", "job.yml", "--workers", "1", "--gpus-per-worker", "0", "--image", "img:1",
-                            "-o", "stage.yaml")
+    code, out, err = render(
+        capsys, "k8s", "job.yml", "--workers", "1", "--gpus-per-worker", "0", "--image", "img:1", "-o", "stage.yaml"
+    )
     assert code == 0 and out == "" and "wrote stage.yaml" in err
     text = (tmp_path / "stage.yaml").read_text()
     assert "nvidia.com/gpu" not in text and "num-cpus" not in text
@@ -141,21 +159,43 @@ def test_cpu_only_k8s_has_no_gpu_requests_and_writes_to_a_file(tmp_path, monkeyp
 def test_slurm_script_embeds_the_job_and_no_secret(tmp_path, monkeypatch, capsys, secrets_in_env):
     monkeypatch.chdir(tmp_path)
     path = write_job(tmp_path, launch_job("slurm-stage", srcluster={"workers": 4, "use_gpu": True}))
-    code, out, err = render(capsys, "slurm", "job.yml", "--nodes", "2", "--gpus-per-node", "2", "--cpus-per-node",
-                            "16", "--partition", "gpu", "--time", "04:00:00", "--account", "sr-lab")
+    code, out, err = render(
+        capsys,
+        "slurm",
+        "job.yml",
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "2",
+        "--cpus-per-node",
+        "16",
+        "--partition",
+        "gpu",
+        "--time",
+        "04:00:00",
+        "--account",
+        "sr-lab",
+    )
     assert code == 0, err
     assert CANARY not in out and "AKIACANARY" not in out
-    for line in ("#SBATCH --nodes=2", "#SBATCH --gpus-per-node=2", "#SBATCH --cpus-per-task=16",
-                 "#SBATCH --partition=gpu", "#SBATCH --time=04:00:00", "#SBATCH --account=sr-lab",
-                 "export AWS_ENDPOINT_URL=http://seaweedfs.storage.svc:8333", "--num-gpus=2"):
+    for line in (
+        "#SBATCH --nodes=2",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --cpus-per-task=16",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --time=04:00:00",
+        "#SBATCH --account=sr-lab",
+        "export AWS_ENDPOINT_URL=http://seaweedfs.storage.svc:8333",
+        "--num-gpus=2",
+    ):
         assert line in out, line
-    embedded = re.search(r"<<'SRCLUSTER_JOB_FILE'\n(.*?)\nSRCLUSTER_JOB_FILE\n", out, re.S).group(1)
+    embedded = re.search(r"<<'SRCLUSTER_JOB_FILE'\n(.*?)\nSRCLUSTER_JOB_FILE\n", out, re.DOTALL).group(1)
     assert embedded + "\n" == path.read_text()
-    assert re.search(r'^srcluster train "\$WORKDIR/job.yml"', out, re.M)
+    assert re.search(r'^srcluster train "\$WORKDIR/job.yml"', out, re.MULTILINE)
     if shutil.which("bash"):
         script = tmp_path / "job.sbatch"
         script.write_text(out)
-        assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+        assert subprocess.run(["bash", "-n", str(script)], capture_output=True, check=False).returncode == 0
 
 
 def test_a_recipe_renders_the_pipeline_command(tmp_path, monkeypatch, capsys):
@@ -167,27 +207,49 @@ def test_a_recipe_renders_the_pipeline_command(tmp_path, monkeypatch, capsys):
     assert code == 0 and "srcluster pipeline /srcluster/job/recipe.yml" in out
 
 
-@pytest.mark.parametrize("cluster, args, expected", [
-    ({"workers": 4, "use_gpu": True, "gpus_per_worker": 1}, ["slurm", "--nodes", "1", "--gpus-per-node", "2"],
-     "4 workers of 1 GPUs do not fit on 1 node(s) with 2 GPUs each (room for 2)"),
-    ({"workers": 1, "use_gpu": True, "gpus_per_worker": 4}, ["slurm", "--nodes", "2", "--gpus-per-node", "2"],
-     "a worker needs 4 GPUs (srcluster.gpus_per_worker) but a node has 2"),
-    ({"workers": 1, "use_gpu": True}, ["slurm", "--nodes", "1", "--gpus-per-node", "0"],
-     "srcluster.use_gpu is true but --gpus-per-node is 0"),
-    ({"workers": 8, "cpus_per_worker": 4}, ["slurm", "--nodes", "2", "--gpus-per-node", "0", "--cpus-per-node", "8"],
-     "8 workers of 4 CPUs do not fit on 2 node(s)"),
-    ({"workers": 3, "use_gpu": True}, ["k8s", "--workers", "1", "--gpus-per-worker", "2", "--image", "img:1"],
-     "3 workers of 1 GPUs do not fit on 1 worker pod(s)"),
-    ({"workers": 1}, ["slurm", "--nodes", "0", "--gpus-per-node", "0"], "--nodes must be at least 1"),
-    ({"workers": 1}, ["slurm", "--nodes", "1", "--gpus-per-node", "0", "--partition", "a b"], "--partition 'a b'"),
-    ({"workers": 1}, ["k8s", "--workers", "1", "--gpus-per-worker", "0", "--image", "img:1", "--secret", "Bad_Name"],
-     "--secret 'Bad_Name'"),
-])
-def test_requests_that_do_not_fit_fail_in_one_line_and_write_nothing(tmp_path, monkeypatch, capsys, cluster, args,
-                                                                     expected):
+@pytest.mark.parametrize(
+    ("cluster", "args", "expected"),
+    [
+        (
+            {"workers": 4, "use_gpu": True, "gpus_per_worker": 1},
+            ["slurm", "--nodes", "1", "--gpus-per-node", "2"],
+            "4 workers of 1 GPUs do not fit on 1 node(s) with 2 GPUs each (room for 2)",
+        ),
+        (
+            {"workers": 1, "use_gpu": True, "gpus_per_worker": 4},
+            ["slurm", "--nodes", "2", "--gpus-per-node", "2"],
+            "a worker needs 4 GPUs (srcluster.gpus_per_worker) but a node has 2",
+        ),
+        (
+            {"workers": 1, "use_gpu": True},
+            ["slurm", "--nodes", "1", "--gpus-per-node", "0"],
+            "srcluster.use_gpu is true but --gpus-per-node is 0",
+        ),
+        (
+            {"workers": 8, "cpus_per_worker": 4},
+            ["slurm", "--nodes", "2", "--gpus-per-node", "0", "--cpus-per-node", "8"],
+            "8 workers of 4 CPUs do not fit on 2 node(s)",
+        ),
+        (
+            {"workers": 3, "use_gpu": True},
+            ["k8s", "--workers", "1", "--gpus-per-worker", "2", "--image", "img:1"],
+            "3 workers of 1 GPUs do not fit on 1 worker pod(s)",
+        ),
+        ({"workers": 1}, ["slurm", "--nodes", "0", "--gpus-per-node", "0"], "--nodes must be at least 1"),
+        ({"workers": 1}, ["slurm", "--nodes", "1", "--gpus-per-node", "0", "--partition", "a b"], "--partition 'a b'"),
+        (
+            {"workers": 1},
+            ["k8s", "--workers", "1", "--gpus-per-worker", "0", "--image", "img:1", "--secret", "Bad_Name"],
+            "--secret 'Bad_Name'",
+        ),
+    ],
+)
+def test_requests_that_do_not_fit_fail_in_one_line_and_write_nothing(
+    tmp_path, monkeypatch, capsys, cluster, args, expected
+):
     monkeypatch.chdir(tmp_path)
     write_job(tmp_path, {**launch_job("fit"), "srcluster": cluster})
-    code, out, err = render(capsys, args[0], "job.yml", *args[1:], "-o", "out.txt")
+    code, _out, err = render(capsys, args[0], "job.yml", *args[1:], "-o", "out.txt")
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out.txt").exists()
 
@@ -211,4 +273,6 @@ def test_the_rendered_examples_in_infra_are_current(tmp_path, monkeypatch, capsy
         monkeypatch.setenv(name, value)
     for target, args in examples["EXAMPLES"].items():
         assert main(["render", *args]) == 0
-        assert capsys.readouterr().out == (root / target).read_text(), f"{target} is stale: python infra/render_examples.py"
+        assert capsys.readouterr().out == (root / target).read_text(), (
+            f"{target} is stale: python infra/render_examples.py"
+        )

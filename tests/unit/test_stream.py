@@ -1,5 +1,5 @@
 """The training stream: exact step counts, rank/worker splits, determinism, skipping and counting bad input, paired
-LR/HR crops, folders and S3, validation splits."""
+LR/HR crops, folders and memory://, validation splits (from the local S3: tests/integration/test_stream_s3.py)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ import skimage.data
 import torch
 from PIL import Image
 
+from helpers.images import PER_SHARD, make_paired_folders, photo_tiles, pool
 from srcluster.data.build import TileSettings, build_shards
-from srcluster.data.sample import encode_png, tiles
+from srcluster.data.sample import encode_png
 from srcluster.data.shards import Sample, write_shards
 from srcluster.data.stream import REASONS, iter_images, iter_pairs, split_units, train_loader
 from srcluster.errors import SrclusterError
-from helpers.images import PER_SHARD, make_paired_folders, photo_tiles, pool
+
 
 @pytest.fixture(scope="module")
 def shard_set(tmp_path_factory) -> tuple[str, list[list[str]]]:
@@ -28,7 +29,7 @@ def shard_set(tmp_path_factory) -> tuple[str, list[list[str]]]:
     samples = photo_tiles()
     write_shards(samples, dest, max_samples=PER_SHARD, progress=False)
     keys = [s.key for s in samples]
-    return dest, [keys[i:i + PER_SHARD] for i in range(0, len(keys), PER_SHARD)]
+    return dest, [keys[i : i + PER_SHARD] for i in range(0, len(keys), PER_SHARD)]
 
 
 def keys_of(stream) -> list[str]:
@@ -49,8 +50,9 @@ def test_ranks_read_disjoint_shards(shard_set):
     dest, shard_keys = shard_set
     seen = []
     for rank in range(2):
-        stream = train_loader(dest, crop=32, batch_size=4, steps=6, rank=rank, world_size=2, with_keys=True,
-                              shuffle_buffer=1)  # no shuffle buffer: 24 crops are exactly one pass
+        stream = train_loader(
+            dest, crop=32, batch_size=4, steps=6, rank=rank, world_size=2, with_keys=True, shuffle_buffer=1
+        )  # no shuffle buffer: 24 crops are exactly one pass
         batches = list(stream)
         assert len(batches) == 6
         seen.append(set(keys_of(batches)))
@@ -92,8 +94,9 @@ def test_fewer_shards_than_slots_resamples_everything(tmp_path, caplog):
     write_shards(photo_tiles()[:6], dest, progress=False)
     assert split_units(["a"], 1, 2, 0, 1) == (["a"], False)
     with caplog.at_level(logging.WARNING, logger="srcluster.data.stream"):
-        streams = [train_loader(dest, crop=32, batch_size=3, steps=8, rank=r, world_size=2, with_keys=True)
-                   for r in range(2)]
+        streams = [
+            train_loader(dest, crop=32, batch_size=3, steps=8, rank=r, world_size=2, with_keys=True) for r in range(2)
+        ]
     batches = [list(s) for s in streams]
     assert [len(b) for b in batches] == [8, 8]
     assert set(keys_of(batches[0])) == set(keys_of(batches[1]))  # both ranks read the one shard ...
@@ -132,10 +135,17 @@ def write_images(folder, images: dict[str, np.ndarray]) -> None:
 
 def test_folder_input_and_small_images(tmp_path):
     photo = skimage.data.chelsea()
-    write_images(tmp_path, {
-        "a/big.png": photo[:64, :64], "b/bigger.jpg": photo[64:144, :96], "c.webp": photo[:80, 100:180],
-        "tiny.png": photo[:20, :20], "narrow.bmp": photo[:100, :16], ".hidden.png": photo[:64, :64],
-    })
+    write_images(
+        tmp_path,
+        {
+            "a/big.png": photo[:64, :64],
+            "b/bigger.jpg": photo[64:144, :96],
+            "c.webp": photo[:80, 100:180],
+            "tiny.png": photo[:20, :20],
+            "narrow.bmp": photo[:100, :16],
+            ".hidden.png": photo[:64, :64],
+        },
+    )
     (tmp_path / "notes.txt").write_text("not an image")
     stream = train_loader(str(tmp_path), crop=32, batch_size=2, steps=6, with_keys=True)
     keys = keys_of(stream)
@@ -144,8 +154,13 @@ def test_folder_input_and_small_images(tmp_path):
     assert stream.skipped["too_small"] >= 2
 
     names = [(name, tuple(image.shape)) for name, image in iter_images(str(tmp_path))]
-    assert names == [("a/big", (3, 64, 64)), ("b/bigger", (3, 80, 96)), ("c", (3, 80, 80)),
-                     ("narrow", (3, 100, 16)), ("tiny", (3, 20, 20))]
+    assert names == [
+        ("a/big", (3, 64, 64)),
+        ("b/bigger", (3, 80, 96)),
+        ("c", (3, 80, 80)),
+        ("narrow", (3, 100, 16)),
+        ("tiny", (3, 20, 20)),
+    ]
     big = dict(iter_images(str(tmp_path)))["a/big"]
     assert np.array_equal(big.permute(1, 2, 0).numpy(), photo[:64, :64])
 
@@ -173,42 +188,18 @@ def test_memory_folder(tmp_path):
     assert [tuple(b.shape) for b in batches] == [(2, 3, 40, 40)] * 2
 
 
-@pytest.fixture(scope="module")
-def s3_shards(s3) -> tuple[str, list[Sample]]:
-    dest = f"s3://srcluster/tests/stream-{uuid.uuid4().hex}"
-    samples = photo_tiles()[:24]
-    write_shards(samples, dest, max_samples=PER_SHARD, progress=False)  # 4 shards: 2 per rank, 1 per worker
-    return dest, samples
-
-
-def test_two_ranks_two_workers_read_disjoint_shards(s3_shards):
-    """Rank r of 2 owns shards r and r + 2; its worker w reads shard r + 2w. The DataLoader takes batch i from worker
-    i % 2, so every batch must come from exactly one shard, and the four (rank, worker) slots never share one."""
-    dest, samples = s3_shards
-    by_shard = [{s.key for s in samples[i:i + PER_SHARD]} for i in range(0, len(samples), PER_SHARD)]
-    slots: dict[tuple[int, int], set[str]] = {}
-    for rank in range(2):
-        stream = train_loader(dest, crop=32, batch_size=3, steps=8, num_workers=2, rank=rank, world_size=2,
-                              with_keys=True)
-        batches = list(stream)
-        assert len(batches) == 8 and {tuple(b.shape) for b, _ in batches} == {(3, 3, 32, 32)}
-        for index, (_, keys) in enumerate(batches):
-            worker = index % 2
-            assert set(keys) <= by_shard[rank + 2 * worker], (rank, index)
-            slots.setdefault((rank, worker), set()).update(keys)
-        assert stream.counts()["data_skipped"] == 0
-    assert len(slots) == 4
-    assert all(not a & b for a in slots.values() for b in slots.values() if a is not b)
-
-
 def test_skip_counts_come_back_from_workers(tmp_path):
     good = photo_tiles()[:8]
     broken = [Sample(f"broken{i}", good[i].hr[:300], {}, ext="webp") for i in range(2)]
     small = [Sample(f"small{i}", encode_png(skimage.data.astronaut()[:8, :8]), {}) for i in range(2)]
     dest = str(tmp_path / "counted")
     # 4 shards: each of the 2 workers owns 2, and each worker's shards hold one corrupt and one too-small sample.
-    write_shards([*good[:2], broken[0], *good[2:4], broken[1], *good[4:6], small[0], *good[6:], small[1]],
-                 dest, max_samples=3, progress=False)
+    write_shards(
+        [*good[:2], broken[0], *good[2:4], broken[1], *good[4:6], small[0], *good[6:], small[1]],
+        dest,
+        max_samples=3,
+        progress=False,
+    )
     stream = train_loader(dest, crop=32, batch_size=4, steps=4, num_workers=2)
     assert len(list(stream)) == 4  # 16 crops from 8 good tiles: each worker passes over its share twice
     counts = stream.counts()
@@ -221,8 +212,15 @@ def test_skip_counts_come_back_from_workers(tmp_path):
 def test_paired_crops_from_shards_and_folders(tmp_path):
     hr, lr = make_paired_folders(tmp_path)
     dest = str(tmp_path / "paired")
-    build_shards(str(hr), dest, lq=str(lr), settings=TileSettings(tile=32, scale=4), max_bad_fraction=1,
-                 workers=0, progress=False)
+    build_shards(
+        str(hr),
+        dest,
+        lq=str(lr),
+        settings=TileSettings(tile=32, scale=4),
+        max_bad_fraction=1,
+        workers=0,
+        progress=False,
+    )
     for gt, lq in ((dest, dest), (str(hr), str(lr))):
         stream = train_loader(gt, lq=lq, scale=4, crop=16, batch_size=4, steps=4)
         for high, low in stream:
@@ -245,13 +243,15 @@ def test_paired_crops_from_shards_and_folders(tmp_path):
 
     pairs = list(iter_pairs(str(hr), str(lr), scale=4))
     assert [(name, tuple(a.shape), tuple(b.shape)) for name, a, b in pairs] == [
-        ("a", (3, 64, 96), (3, 16, 24)), ("sub/b", (3, 128, 64), (3, 32, 16))]  # d: size mismatch, skipped
+        ("a", (3, 64, 96), (3, 16, 24)),
+        ("sub/b", (3, 128, 64), (3, 32, 16)),
+    ]  # d: size mismatch, skipped
     from_shards = list(iter_pairs(dest, dest, scale=4))
     assert len(from_shards) == 14 and all(tuple(low.shape) == (3, 8, 8) for _, _, low in from_shards)
 
 
 def test_validation_split_over_ranks(shard_set, tmp_path):
-    dest, shard_keys = shard_set
+    dest, _shard_keys = shard_set
     everything = [name for name, _ in iter_images(dest)]
     parts = [[name for name, _ in iter_images(dest, rank=r, world_size=3)] for r in range(3)]
     assert sorted(n for part in parts for n in part) == sorted(everything)

@@ -1,4 +1,5 @@
-"""The MLflow run life cycle (srcluster/tracking/runs.py) against a real local store: find, reuse, reopen, start, end."""
+"""The MLflow run life cycle (srcluster/tracking/runs.py) against a real local store: find, reuse, reopen, start,
+end."""
 
 from __future__ import annotations
 
@@ -27,8 +28,15 @@ def status(tracker: Tracker, run_id: str) -> str:
 
 
 def test_a_new_run_carries_match_tags_params_and_parent_and_ends_finished(tracker):
-    with runs.run(tracker, EXPERIMENT, name="stage", match={tags.RUN_KEY: "new-1"}, params={"lr": 0.001},
-                  tags={tags.STAGE: "stage"}, parent_run_id="parent-id") as run:
+    with runs.run(
+        tracker,
+        EXPERIMENT,
+        name="stage",
+        match={tags.RUN_KEY: "new-1"},
+        params={"lr": 0.001},
+        tags={tags.STAGE: "stage"},
+        parent_run_id="parent-id",
+    ) as run:
         assert (run.state, run.reused, run.previous) == ("new", False, None)
         assert status(tracker, run.id) == "RUNNING"
     found = tracker.get_run(run.id)
@@ -43,21 +51,34 @@ def test_a_finished_run_that_passes_reuse_if_is_handed_back_untouched(tracker):
     with runs.run(tracker, EXPERIMENT, name="stage", match={tags.RUN_KEY: "reuse-1"}) as first:
         tracker.set_tags(first.id, {tags.CHECKPOINT_URI: "s3://b/ckpt"})
     ended = tracker.get_run(first.id).info.end_time
-    with runs.run(tracker, EXPERIMENT, name="stage", match={tags.RUN_KEY: "reuse-1"},
-                  reuse_if=lambda previous: tags.CHECKPOINT_URI in previous.data.tags) as again:
+    with runs.run(
+        tracker,
+        EXPERIMENT,
+        name="stage",
+        match={tags.RUN_KEY: "reuse-1"},
+        reuse_if=lambda previous: tags.CHECKPOINT_URI in previous.data.tags,
+    ) as again:
         assert again.reused and again.id == first.id
         assert again.previous.data.tags[tags.CHECKPOINT_URI] == "s3://b/ckpt"
     assert status(tracker, first.id) == "FINISHED" and tracker.get_run(first.id).info.end_time == ended
 
 
 def test_an_unfinished_run_is_reopened_and_a_failing_block_ends_it_failed(tracker):
-    with pytest.raises(RuntimeError):
-        with runs.run(tracker, EXPERIMENT, name="stage", match={tags.RUN_KEY: "reopen-1"}) as first:
-            raise RuntimeError("a worker died")
+    with (
+        pytest.raises(RuntimeError),
+        runs.run(tracker, EXPERIMENT, name="stage", match={tags.RUN_KEY: "reopen-1"}) as first,
+    ):
+        raise RuntimeError("a worker died")
     assert status(tracker, first.id) == "FAILED"
     said = []
-    with runs.run(tracker, EXPERIMENT, name="stage", match={tags.RUN_KEY: "reopen-1"}, log=said.append,
-                  reuse_if=lambda previous: True) as again:  # FAILED is not finished: never reused
+    with runs.run(
+        tracker,
+        EXPERIMENT,
+        name="stage",
+        match={tags.RUN_KEY: "reopen-1"},
+        log=said.append,
+        reuse_if=lambda previous: True,
+    ) as again:  # FAILED is not finished: never reused
         assert again.state == "reopened" and again.id == first.id
         assert status(tracker, again.id) == "RUNNING"
     assert status(tracker, first.id) == "FINISHED"
@@ -77,18 +98,22 @@ def test_a_finished_run_that_is_not_reused_is_reopened_or_left_by_reopen_finishe
 
 
 def test_fresh_starts_a_new_run_beside_an_unfinished_one(tracker):
-    with pytest.raises(RuntimeError):
-        with runs.run(tracker, EXPERIMENT, name="stage", match={tags.RUN_KEY: "fresh-1"}) as first:
-            raise RuntimeError
+    with (
+        pytest.raises(RuntimeError),
+        runs.run(tracker, EXPERIMENT, name="stage", match={tags.RUN_KEY: "fresh-1"}) as first,
+    ):
+        raise RuntimeError
     with runs.run(tracker, EXPERIMENT, name="stage", match={tags.RUN_KEY: "fresh-1"}, fresh=True) as second:
         assert second.state == "new" and second.id != first.id
     assert status(tracker, first.id) == "FAILED"
 
 
 def test_ctrl_c_ends_the_run_killed_and_status_chooses_a_normal_end(tracker):
-    with pytest.raises(KeyboardInterrupt):
-        with runs.run(tracker, EXPERIMENT, name="stage", match={tags.RUN_KEY: "killed-1"}) as killed:
-            raise KeyboardInterrupt
+    with (
+        pytest.raises(KeyboardInterrupt),
+        runs.run(tracker, EXPERIMENT, name="stage", match={tags.RUN_KEY: "killed-1"}) as killed,
+    ):
+        raise KeyboardInterrupt
     assert status(tracker, killed.id) == "KILLED"
     with runs.run(tracker, EXPERIMENT, name="stage", match={tags.RUN_KEY: "status-1"}) as stopped:
         stopped.status = "KILLED"

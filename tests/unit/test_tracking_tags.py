@@ -14,8 +14,11 @@ HOLE = "\x00"
 
 
 def tag_values() -> set[str]:
-    return {value for name, value in vars(tags).items()
-            if name.isupper() and isinstance(value, str) and value.startswith(tags.PREFIX) and value != tags.PREFIX}
+    return {
+        value
+        for name, value in vars(tags).items()
+        if name.isupper() and isinstance(value, str) and value.startswith(tags.PREFIX) and value != tags.PREFIX
+    }
 
 
 def family_prefixes() -> set[str]:
@@ -34,9 +37,9 @@ def hand_spelled(source: str) -> list[tuple[int, str]]:
     values, prefixes = tag_values(), family_prefixes()
     found = []
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            if node.value in values or node.value.startswith(tuple(prefixes)):
-                found.append((node.lineno, node.value))
+        is_text = isinstance(node, ast.Constant) and isinstance(node.value, str)
+        if is_text and (node.value in values or node.value.startswith(tuple(prefixes))):
+            found.append((node.lineno, node.value))
     return found
 
 
@@ -49,15 +52,20 @@ def test_tags_are_unique_and_namespaced():
 
 def test_the_check_finds_tags_spelled_by_hand():
     # what the modules held before tags.py: a plain tag, a family f-string, and config text that is no tag
-    source = ('x = {"srcluster.checkpoint_uri": uri}\n'
-              'y = {f"srcluster.resize.{iteration}": change}\n'
-              'raise ValueError(f"srcluster.workers: {n} cannot be held")\n'
-              'GENERATOR = "srcluster.data.sample/2"\n')
+    source = (
+        'x = {"srcluster.checkpoint_uri": uri}\n'
+        'y = {f"srcluster.resize.{iteration}": change}\n'
+        'raise ValueError(f"srcluster.workers: {n} cannot be held")\n'
+        'GENERATOR = "srcluster.data.sample/2"\n'
+    )
     assert hand_spelled(source) == [(1, "srcluster.checkpoint_uri"), (2, "srcluster.resize.")]
 
 
 def test_no_module_spells_a_tag_by_hand():
-    offenders = [f"{path.relative_to(PACKAGE.parent)}:{line}: {text!r}"
-                 for path in sorted(PACKAGE.rglob("*.py")) if path != Path(tags.__file__)
-                 for line, text in hand_spelled(path.read_text())]
+    offenders = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}: {text!r}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path != Path(tags.__file__)
+        for line, text in hand_spelled(path.read_text())
+    ]
     assert not offenders, "spell these through srcluster.tracking.tags:\n" + "\n".join(offenders)

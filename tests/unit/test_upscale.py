@@ -34,10 +34,38 @@ def image(path, h, w, seed=0):
 
 def test_output_is_scale_times_input_and_tiles_match_untiled(model_path, tmp_path, capsys):
     image(tmp_path / "in" / "a.png", 37, 53)
-    assert main(["upscale", str(model_path), str(tmp_path / "in" / "a.png"), "-o", str(tmp_path / "whole"),
-                 "--tile", "0", "--quiet"]) == 0
-    assert main(["upscale", str(model_path), str(tmp_path / "in" / "a.png"), "-o", str(tmp_path / "tiled"),
-                 "--tile", "16", "--tile-overlap", "16", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                str(model_path),
+                str(tmp_path / "in" / "a.png"),
+                "-o",
+                str(tmp_path / "whole"),
+                "--tile",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "upscale",
+                str(model_path),
+                str(tmp_path / "in" / "a.png"),
+                "-o",
+                str(tmp_path / "tiled"),
+                "--tile",
+                "16",
+                "--tile-overlap",
+                "16",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     whole = np.asarray(Image.open(tmp_path / "whole" / "a.png"))
     tiled = np.asarray(Image.open(tmp_path / "tiled" / "a.png"))
     assert whole.shape == tiled.shape == (37 * 4, 53 * 4, 3)
@@ -56,13 +84,27 @@ def test_folders_and_several_inputs_keep_relative_paths(model_path, tmp_path, ca
     image(tmp_path / "set" / "x.png", 20, 24, seed=1)
     image(tmp_path / "set" / "sub" / "y.jpg", 12, 8, seed=2)
     image(tmp_path / "extra.png", 9, 11, seed=3)
-    assert main(["upscale", str(model_path), str(tmp_path / "set"), str(tmp_path / "extra.png"),
-                 "-o", str(tmp_path / "out"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                str(model_path),
+                str(tmp_path / "set"),
+                str(tmp_path / "extra.png"),
+                "-o",
+                str(tmp_path / "out"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     sizes = {p.relative_to(tmp_path / "out").as_posix(): Image.open(p).size for p in (tmp_path / "out").rglob("*.png")}
     assert sizes == {"x.png": (96, 80), "sub/y.png": (32, 48), "extra.png": (44, 36)}
     assert "wrote 3 image(s)" in capsys.readouterr().out
 
-    assert main(["upscale", str(model_path), str(tmp_path / "extra.png"), "-o", str(tmp_path / "one.png"), "--quiet"]) == 0
+    assert (
+        main(["upscale", str(model_path), str(tmp_path / "extra.png"), "-o", str(tmp_path / "one.png"), "--quiet"]) == 0
+    )
     assert Image.open(tmp_path / "one.png").size == (44, 36)
 
 

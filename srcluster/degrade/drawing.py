@@ -1,0 +1,235 @@
+"""Drawing a batch's plan: each sample draws all of its parameters from its own generator (cheap, numpy, in the data
+workers), then the blur kernels of the whole batch are built at once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from srcluster.degrade import kernels as K
+from srcluster.degrade.config import Degradations
+from srcluster.degrade.noise import GAUSSIAN, NONE, POISSON, Noise
+from srcluster.degrade.plan import DOWN, KEEP, UP, Codec, Jpeg, Plan, Resize
+from srcluster.degrade.seeds import child_seed, sample_rng
+from srcluster.degrade.video import CODECS
+
+
+def _chance(rng: np.random.Generator, p: float) -> bool:
+    return p >= 1 or (p > 0 and rng.uniform() < p)
+
+
+def _pick(rng: np.random.Generator, items: Sequence, weights: Sequence[float]):
+    w = np.asarray(weights, dtype=np.float64)
+    return items[int(rng.choice(len(w), p=w / w.sum()))]
+
+
+def _draw_resize(
+    rng: np.random.Generator,
+    probs: Sequence[float],
+    bounds: tuple[float, float],
+    modes: Sequence[str],
+    mode_probs: Sequence[float],
+) -> tuple[int, float, str]:
+    updown = int(_pick(rng, [UP, DOWN, KEEP], probs))
+    if updown == KEEP:
+        return KEEP, 1.0, "keep"
+    factor = rng.uniform(1, bounds[1]) if updown == UP else rng.uniform(bounds[0], 1)
+    return updown, float(factor), _pick(rng, list(modes), mode_probs)
+
+
+def _noise(
+    rng: np.random.Generator, p_gauss: float, sigma: tuple[float, float], poisson: tuple[float, float], p_gray: float
+) -> tuple[int, float, bool, int]:
+    # traiNNer: Gaussian with probability p, Poisson otherwise; a zero range adds nothing, so it is skipped
+    kind, strength = (GAUSSIAN, rng.uniform(*sigma)) if _chance(rng, p_gauss) else (POISSON, rng.uniform(*poisson))
+    gray = _chance(rng, p_gray)
+    return (kind if strength > 0 else NONE), float(strength), gray, child_seed(rng)
+
+
+def _kernel_options(cfg: Degradations, second: bool) -> K.KernelOptions:
+    s = "2" if second else ""
+    return K.KernelOptions(
+        getattr(cfg, "kernel_list" + s),
+        getattr(cfg, "kernel_prob" + s),
+        getattr(cfg, "kernel_range" + s),
+        getattr(cfg, "sinc_prob" + s),
+        getattr(cfg, "blur_sigma" + s),
+        getattr(cfg, "betag_range" + s),
+        getattr(cfg, "betap_range" + s),
+    )
+
+
+def _draw_sample(rng: np.random.Generator, cfg: Degradations, scale: int, gt: int) -> dict:
+    """All of one sample's choices, in pipeline order, from its own generator."""
+    row: dict = {}
+    if cfg.high_order_degradation:
+        lo, hi = cfg.lq_usm_radius_range
+        row["usm"] = int(rng.integers(lo, hi, endpoint=True)) if cfg.lq_usm else 0
+        row["thick"] = _chance(rng, cfg.thicklines_prob)
+        row["blur1"] = _chance(rng, cfg.blur_prob)
+        row["kernel1"] = K.draw_blur(rng, _kernel_options(cfg, False)) if row["blur1"] else K.OFF
+        row["resize1"] = _draw_resize(
+            rng, cfg.resize_prob, cfg.resize_range, cfg.resize_mode_list, cfg.resize_mode_prob
+        )
+        row["size1"] = max(1, round(gt * row["resize1"][1]))  # traiNNer's resize_pt: round(H * factor)
+        row["noise1"] = _noise(
+            rng, cfg.gaussian_noise_prob, cfg.noise_range, cfg.poisson_scale_range, cfg.gray_noise_prob
+        )
+        row["jpeg1"] = (_chance(rng, cfg.jpeg_prob), float(rng.uniform(*cfg.jpeg_range)))
+        row["blur2"] = _chance(rng, cfg.blur_prob2)
+        row["kernel2"] = K.draw_blur(rng, _kernel_options(cfg, True)) if row["blur2"] else K.OFF
+        row["resize2"] = _draw_resize(
+            rng, cfg.resize_prob2, cfg.resize_range2, cfg.resize_mode_list2, cfg.resize_mode_prob2
+        )
+        # traiNNer: the second resize is relative to the LR size, and "keep" keeps the current size
+        keep = row["resize2"][0] == KEEP
+        row["size2"] = row["size1"] if keep else max(1, int(gt / scale * row["resize2"][1]))
+        row["noise2"] = _noise(
+            rng, cfg.gaussian_noise_prob2, cfg.noise_range2, cfg.poisson_scale_range2, cfg.gray_noise_prob2
+        )
+        row["jpeg2_first"] = bool(rng.uniform() >= 0.5)
+        row["mode3"] = _pick(rng, list(cfg.resize_mode_list3), cfg.resize_mode_prob3)
+        row["sinc"] = _chance(rng, cfg.final_sinc_prob)
+        row["kernel3"] = K.draw_final_sinc(rng, cfg.final_kernel_range) if row["sinc"] else K.OFF
+        row["jpeg2"] = (_chance(rng, cfg.jpeg_prob2), float(rng.uniform(*cfg.jpeg_range2)))
+    on = _chance(rng, cfg.video_codec_prob)
+    name = _pick(rng, cfg.video_codec_list, cfg.video_codec_prob_list)
+    spec = CODECS.build(name)
+    if cfg.video_bpp_range is not None:
+        quality, bpp = np.nan, float(rng.uniform(*cfg.video_bpp_range))
+    else:
+        bounds = cfg.video_crf_range if spec.quality == "crf" else cfg.video_qscale_range
+        quality, bpp = float(rng.integers(bounds[0], bounds[1], endpoint=True)), np.nan
+    m = cfg.video_clip_motion if cfg.video_clip_frames > 1 else 0
+    motion = tuple(int(v) for v in rng.integers(-m, m, size=2, endpoint=True))
+    row["codec"] = (
+        on,
+        name,
+        quality,
+        bpp,
+        str(rng.choice(cfg.video_preset_list)),
+        str(rng.choice(cfg.video_chroma_list)),
+        motion,
+    )
+    return row
+
+
+def draw(cfg: Degradations, seeds: Sequence[int], scale: int, gt_size: int) -> Plan:
+    """Draw every sample's degradation parameters (numpy, per-sample generators) and build its kernels (batched)."""
+    if gt_size % scale:
+        raise ValueError(f"gt_size {gt_size} is not a multiple of scale {scale}")
+    seed_array = np.asarray([int(s) for s in seeds], dtype=np.int64)
+    rows = [_draw_sample(sample_rng(int(s)), cfg, scale, gt_size) for s in seed_array]
+    n, lq = len(rows), gt_size // scale
+
+    def col(key: str, dtype=None) -> np.ndarray:
+        return np.asarray([r[key] for r in rows], dtype=dtype)
+
+    def resize(key: str, size_key: str) -> Resize:
+        updown, factor, mode = zip(*(r[key] for r in rows), strict=False) if rows else ((), (), ())
+        return Resize(np.asarray(updown, dtype=np.int8), np.asarray(factor), list(mode), col(size_key, np.int64))
+
+    def noise(key: str) -> Noise:
+        kind, strength, gray, seed = zip(*(r[key] for r in rows), strict=False) if rows else ((), (), (), ())
+        return Noise(
+            np.asarray(kind, dtype=np.int8),
+            np.asarray(strength),
+            np.asarray(gray, dtype=bool),
+            np.asarray(seed, dtype=np.int64),
+        )
+
+    def jpeg(key: str) -> Jpeg:
+        on, quality = zip(*(r[key] for r in rows), strict=False) if rows else ((), ())
+        return Jpeg(np.asarray(on, dtype=bool), np.asarray(quality))
+
+    def kernel(key: str, full: int) -> tuple[K.KernelDraw, torch.Tensor]:
+        params = K.KernelDraw.from_rows([r[key] for r in rows])
+        return params, K.build(params, full)
+
+    on, name, quality, bpp, preset, chroma, motion = (
+        zip(*(r["codec"] for r in rows), strict=False) if rows else ((),) * 7
+    )
+    codec = Codec(
+        np.asarray(on, dtype=bool),
+        list(name),
+        np.asarray(quality),
+        np.asarray(bpp),
+        list(preset),
+        list(chroma),
+        np.asarray(motion, dtype=np.int64).reshape(n, 2),
+        cfg.video_clip_frames,
+    )
+    if not cfg.high_order_degradation:
+        off = np.zeros(n, dtype=bool)
+        none = K.KernelDraw.from_rows([K.OFF] * n)
+        keep = Resize(np.full(n, KEEP, dtype=np.int8), np.ones(n), ["keep"] * n, np.full(n, gt_size))
+        quiet = Noise(np.zeros(n, dtype=np.int8), np.zeros(n), off, np.zeros(n, dtype=np.int64))
+        final = Resize(np.full(n, DOWN, dtype=np.int8), np.full(n, 1 / scale), ["bicubic"] * n, np.full(n, lq))
+        empty = torch.zeros(n, 1, 1)
+        return Plan(
+            scale,
+            gt_size,
+            False,
+            cfg.jpeg_backend,
+            seed_array,
+            np.zeros(n, dtype=np.int64),
+            1,
+            off,
+            off,
+            none,
+            empty,
+            keep,
+            quiet,
+            Jpeg(off, np.zeros(n)),
+            off,
+            none,
+            empty,
+            keep,
+            quiet,
+            final,
+            off,
+            none,
+            empty,
+            Jpeg(off, np.zeros(n)),
+            off,
+            codec,
+        )
+
+    kernel1, kernels1 = kernel("kernel1", cfg.kernel_range[1])
+    kernel2, kernels2 = kernel("kernel2", cfg.kernel_range2[1])
+    kernel3, kernels3 = kernel("kernel3", cfg.final_kernel_range[1])
+    mode3 = [r["mode3"] for r in rows]
+    final = Resize(
+        np.full(n, DOWN, dtype=np.int8), lq / col("size2", np.float64), mode3, np.full(n, lq, dtype=np.int64)
+    )
+    _lo, hi = cfg.lq_usm_radius_range
+    return Plan(
+        scale=scale,
+        gt_size=gt_size,
+        high_order=True,
+        jpeg_backend=cfg.jpeg_backend,
+        seeds=seed_array,
+        usm_radius=col("usm", np.int64),
+        usm_length=hi if hi % 2 else hi + 1,
+        thick=col("thick", bool),
+        blur1=col("blur1", bool),
+        kernel1=kernel1,
+        kernels1=kernels1,
+        resize1=resize("resize1", "size1"),
+        noise1=noise("noise1"),
+        jpeg1=jpeg("jpeg1"),
+        blur2=col("blur2", bool),
+        kernel2=kernel2,
+        kernels2=kernels2,
+        resize2=resize("resize2", "size2"),
+        noise2=noise("noise2"),
+        resize3=final,
+        sinc=col("sinc", bool),
+        kernel3=kernel3,
+        kernels3=kernels3,
+        jpeg2=jpeg("jpeg2"),
+        jpeg2_first=col("jpeg2_first", bool),
+        codec=codec,
+    )
