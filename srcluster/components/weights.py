@@ -41,12 +41,15 @@ class LoadReport:
         return text
 
 
-def read_state_dict(source: str, param_key: str | None = None) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    source: str, param_key: str | None = None, *, settings: StorageSettings | None = None
+) -> dict[str, torch.Tensor]:
     """A state dict from a local path or any fsspec URL; `.safetensors` or a `.pth` (params_ema/params/... keys).
-    Registry URIs (`models:/...`) are resolved to a file one layer up (`tracking.models.weights_file`)."""
+    Registry URIs (`models:/...`) are resolved to a file one layer up (`tracking.models.weights_file`). `settings`: the
+    process's storage settings, resolved once at its entry point (default: from the environment)."""
     if source.startswith("models:/"):
         raise SrclusterError(f"pretrain {source}: resolve registry URIs with tracking.models.weights_file first")
-    fs, path = StorageSettings.resolve().filesystem(source)
+    fs, path = (settings or StorageSettings.resolve()).filesystem(source)
     try:
         data = cast(bytes, fs.cat_file(path))  # fsspec is untyped; cat_file reads in binary mode
     except FileNotFoundError:
@@ -70,14 +73,20 @@ def read_state_dict(source: str, param_key: str | None = None) -> dict[str, torc
 
 
 def load_pretrain(
-    net: nn.Module, source: str, *, param_key: str | None = None, strict: bool = True, label: str | None = None
+    net: nn.Module,
+    source: str,
+    *,
+    param_key: str | None = None,
+    strict: bool = True,
+    label: str | None = None,
+    settings: StorageSettings | None = None,
 ) -> LoadReport:
     """strict: every tensor must match in name and shape. Not strict: load what matches, report the rest. `label` names
     the pretrain in reports and errors as the user gave it (a `models:/` URI resolved to `source`, a local file).
 
     Not strict is how a 2x pretrain starts a 4x model: everything but the upsampler carries over.
     """
-    incoming = {k.removeprefix("module."): v for k, v in read_state_dict(source, param_key).items()}
+    incoming = {k.removeprefix("module."): v for k, v in read_state_dict(source, param_key, settings=settings).items()}
     own = net.state_dict()
     label = label or source
     report = LoadReport(label, 0)

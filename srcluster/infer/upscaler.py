@@ -47,17 +47,20 @@ def load_upscaler(
     arch: str | None = None,
     options: dict[str, Any] | None = None,
     scale: int | None = None,
+    settings: StorageSettings | None = None,
 ) -> Upscaler:
-    """A generator from a path, fsspec URL or `models:/` URI, loaded weights-only onto `device`."""
+    """A generator from a path, fsspec URL or `models:/` URI, loaded weights-only onto `device`. `settings`: the
+    process's storage settings (default: resolved from the environment, as a command's entry point does)."""
+    settings = settings or StorageSettings.resolve()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     path = source
     if is_model_uri(source):
         path, arch, options, scale = resolve_model_uri(source)
     else:
-        fs, inner = StorageSettings.resolve().filesystem(source)
+        fs, inner = settings.filesystem(source)
         if not fs.exists(inner):
             raise SrclusterError(f"model {source} does not exist")
-    state = read_state_dict(path)
+    state = read_state_dict(path, settings=settings)
     try:
         model = ModelLoader(device).load_from_state_dict(state)
     except UnsupportedModelError:

@@ -182,7 +182,7 @@ def train_worker(config: dict[str, Any]) -> None:
     def wrap(net: nn.Module) -> nn.Module:
         return ray.train.torch.prepare_model(net, move_to_device=False) if world > 1 else net
 
-    stage = build_stage(job, device, wrap, log)
+    stage = build_stage(job, device, wrap, log, settings)
     stage.world = world
     validator = build_validator(job) if rank == 0 else None
     stage.best = best.for_job(

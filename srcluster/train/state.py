@@ -19,6 +19,7 @@ from srcluster.components import archs, losses, weights
 from srcluster.components.optim import EMA, build_optimizer, build_scheduler
 from srcluster.components.specs import PretrainSpec
 from srcluster.config import Job
+from srcluster.storage import StorageSettings
 from srcluster.tracking.models import weights_file
 from srcluster.train.best import Best
 from srcluster.train.specs import stage_specs
@@ -105,20 +106,32 @@ class Stage:
             self.best.load_state(state["best"])
 
 
-def load_pretrain(net: nn.Module, spec: PretrainSpec | None, label: str, log) -> None:
+def load_pretrain(net: nn.Module, spec: PretrainSpec | None, label: str, log, settings: StorageSettings | None) -> None:
     if spec is not None:
         report = weights.load_pretrain(
-            net, weights_file(spec.path), param_key=spec.param_key, strict=spec.strict, label=spec.path
+            net,
+            weights_file(spec.path),
+            param_key=spec.param_key,
+            strict=spec.strict,
+            label=spec.path,
+            settings=settings,
         )
         log(f"{label}: {report.summary()}")
 
 
-def build_stage(job: Job, device: torch.device, wrap=lambda net: net, log=print) -> Stage:
-    """The stage's networks, losses, optimizers, schedules and EMA, built from `stage_specs(job)` alone."""
+def build_stage(
+    job: Job,
+    device: torch.device,
+    wrap=lambda net: net,
+    log=print,
+    settings: StorageSettings | None = None,
+) -> Stage:
+    """The stage's networks, losses, optimizers, schedules and EMA, built from `stage_specs(job)` alone. `settings`:
+    the process's storage settings (resolved once at its entry point), for reading pretrains."""
     specs = stage_specs(job)
     torch.manual_seed(specs.seed)  # same initial weights on every rank
     raw_g = archs.build_generator(specs.generator.type, specs.scale, **specs.generator.options).to(device)
-    load_pretrain(raw_g, specs.pretrain_g, "pretrain", log)
+    load_pretrain(raw_g, specs.pretrain_g, "pretrain", log, settings)
     if job.use_channels_last:
         raw_g = raw_g.to(memory_format=torch.channels_last)
     ema = EMA.from_spec(raw_g, specs.ema) if specs.ema else None
@@ -139,7 +152,7 @@ def build_stage(job: Job, device: torch.device, wrap=lambda net: net, log=print)
     if gan is not None:
         assert specs.discriminator is not None and specs.optim_d is not None  # stage_specs pairs them with a ganloss
         raw_d = archs.build_discriminator(specs.discriminator.type, **specs.discriminator.options).to(device)
-        load_pretrain(raw_d, specs.pretrain_d, "pretrain D", log)
+        load_pretrain(raw_d, specs.pretrain_d, "pretrain D", log, settings)
         stage.raw_d, stage.net_d = raw_d, wrap(raw_d)
         stage.optim_d = build_optimizer(raw_d.parameters(), specs.optim_d)
         stage.sched_d = build_scheduler(stage.optim_d, specs.scheduler)

@@ -21,6 +21,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from srcluster.config import Job, job_params
+from srcluster.storage import StorageSettings
 from srcluster.tracking import runs, tags
 from srcluster.tracking.tracker import Tracker
 from srcluster.train import best, loop
@@ -109,7 +110,8 @@ def single_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         def log(message: str) -> None:
             print(f"[{job.name}] {message}", flush=True)
 
-        stage = build_stage(job, device, log=log)
+        settings = StorageSettings.resolve(job.srcluster.s3_endpoint)  # once per trial process; passed down
+        stage = build_stage(job, device, log=log, settings=settings)
         validator = build_validator(job)
         stage.best = best.for_job(
             job, validator.higher_is_better(job.best_metric) if validator and job.best_metric else True
