@@ -20,6 +20,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             f"{search.spec.num_samples} trials of {search.workers} worker(s): ok"
         )
         return 0
+    # the Tuner driver and the training loop: only a real search loads them
     from srcluster.tune.report import trial_table
     from srcluster.tune.run import run_search
 
