@@ -256,9 +256,11 @@ class StorageSettings:
         try:
             client.head_bucket(Bucket=bucket)
         except NoCredentialsError:
+            # no endpoint and no credentials at all: most often a new user who has not started the local stack yet
+            stack_hint = "" if self.endpoint_url else ", or start the local stack with `srcluster stack up`"
             raise StorageError(
                 f"no S3 credentials for {url} at {endpoint}: set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+                f"AWS_SECRET_ACCESS_KEY, or AWS_PROFILE{stack_hint}"
             ) from None
         except EndpointConnectionError:
             hint = " (start it with `srcluster stack up`)" if self.endpoint_url == local_stack_endpoint() else ""

@@ -10,7 +10,7 @@ from srcluster.cli.output import console
 
 def cmd_stack(args: argparse.Namespace) -> int:
     if args.action == "up":
-        for service in stack.up().values():
+        for service in stack.up(s3_port=args.s3_port, mlflow_port=args.mlflow_port).values():
             console.print(f"{service.name:7s} {service.url}  (pid {service.pid})")
     elif args.action == "down":
         stopped = stack.down()
@@ -29,4 +29,11 @@ def cmd_stack(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     s = subparsers.add_parser("stack", help="the local S3 + MLflow stack on 127.0.0.1")
     s.add_argument("action", choices=["up", "down", "status"])
+    s.add_argument(
+        "--s3-port",
+        type=int,
+        default=8333,
+        help="up: the S3 server's port; it also takes the 7 after it (default 8333)",
+    )
+    s.add_argument("--mlflow-port", type=int, default=5055, help="up: the MLflow server's port (default 5055)")
     s.set_defaults(fn=cmd_stack)

@@ -145,6 +145,10 @@ def build_sample_dataset(
         "val_size": val_size,
     }
     summary = {"train": train_dest, "val": val_dest, "settings": settings}
+    storage = StorageSettings.resolve()
+    for dest in (train_dest, val_dest):  # one line naming the fix (no stack, no keys, no bucket) before any work
+        if is_s3(dest):
+            storage.check(dest, create_bucket=False)
 
     manifest = _existing(train_dest)
     if manifest is not None and manifest.get("sample_dataset") == settings and _val_complete(val_dest, val_names):

@@ -219,7 +219,7 @@ def _check_ports_free(ports: dict[str, int]) -> None:
         if not port_free(port):
             raise StackError(
                 f"port {port} on {HOST} is already in use (needed by the {label}); "
-                f"stop what uses it or choose other ports"
+                f"stop what uses it or choose other ports (`srcluster stack up --s3-port N --mlflow-port M`)"
             )
 
 

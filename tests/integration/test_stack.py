@@ -155,6 +155,35 @@ def test_taken_port_is_named_and_nothing_starts(own_home):
     assert stack_mod.status() == [] and not home.stack_state_path().exists()
 
 
+def test_cli_up_takes_the_ports_it_is_given_and_names_them_when_taken(own_home, capsys):
+    from srcluster.cli import main
+
+    base = free_port_block(S3_SPAN + 1)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", base))
+        squatter.listen()
+        assert main(["stack", "up", "--s3-port", str(base), "--mlflow-port", str(base + S3_SPAN)]) == 2
+    err = capsys.readouterr().err
+    assert f"port {base} " in err and "--s3-port N --mlflow-port M" in err and "Traceback" not in err
+    assert stack_mod.status() == []  # nothing was started
+    # the port is free again: both servers come up where they were told (own_home's teardown stops them)
+    assert main(["stack", "up", "--s3-port", str(base), "--mlflow-port", str(base + S3_SPAN)]) == 0
+    assert {name: url for name, url, _ in stack_mod.status()} == {
+        "s3": f"http://127.0.0.1:{base}",
+        "mlflow": f"http://127.0.0.1:{base + S3_SPAN}",
+    }
+
+
+def test_data_sample_before_stack_up_is_one_line_naming_the_fix(own_home, capsys):
+    from srcluster.cli import main
+
+    assert main(["data", "sample"]) == 2  # own_home: no stack, and the session removed every AWS_* variable
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "NoCredentialsError" not in err
+    assert "no S3 credentials for s3://srcluster/demo/train" in err and "srcluster stack up" in err
+    assert len(err.strip().splitlines()) <= 2  # one line (rich may wrap it once on a narrow terminal)
+
+
 def test_dead_service_restarts_and_down_stops_it(own_home):
     # S3 only: a second MLflow server would cost ~15 s, and the group kill is covered below.
     first = stack_mod.up(s3_port=free_port_block(S3_SPAN), mlflow=False)
