@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from aiohttp import ClientError as AiohttpError
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
@@ -94,6 +94,13 @@ def retrying(call: Callable[[], T], what: str, *, deadline_s: float | None = Non
     while True:
         try:
             return call()
+        except (NoCredentialsError, PartialCredentialsError):  # keys do not appear by waiting: say how to give them
+            settings = StorageSettings.resolve()
+            stack_hint = "" if settings.endpoint_url else ", or start the local stack with `srcluster stack up`"
+            raise StorageError(
+                f"{what}: no S3 credentials for {settings.endpoint_url or 'AWS S3'}: set AWS_ACCESS_KEY_ID and "
+                f"AWS_SECRET_ACCESS_KEY, or AWS_PROFILE{stack_hint}"
+            ) from None
         except Exception as exc:
             if not is_transient(exc):
                 raise
