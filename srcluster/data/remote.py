@@ -94,14 +94,17 @@ def retrying(call: Callable[[], T], what: str, *, deadline_s: float | None = Non
     while True:
         try:
             return call()
-        except (NoCredentialsError, PartialCredentialsError):  # keys do not appear by waiting: say how to give them
-            settings = StorageSettings.resolve()
-            stack_hint = "" if settings.endpoint_url else ", or start the local stack with `srcluster stack up`"
-            raise StorageError(
-                f"{what}: no S3 credentials for {settings.endpoint_url or 'AWS S3'}: set AWS_ACCESS_KEY_ID and "
-                f"AWS_SECRET_ACCESS_KEY, or AWS_PROFILE{stack_hint}"
-            ) from None
         except Exception as exc:
+            if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+                settings = StorageSettings.resolve()
+                # no keys anywhere (srcluster found none; botocore's chain neither): they do not appear by waiting.
+                # With keys configured, botocore losing them is a passing fault and is retried below.
+                if settings.access_key is None:
+                    stack_hint = "" if settings.endpoint_url else ", or start the local stack with `srcluster stack up`"
+                    raise StorageError(
+                        f"{what}: no S3 credentials for {settings.endpoint_url or 'AWS S3'}: set AWS_ACCESS_KEY_ID and "
+                        f"AWS_SECRET_ACCESS_KEY, or AWS_PROFILE{stack_hint}"
+                    ) from None
             if not is_transient(exc):
                 raise
             waited = time.monotonic() - start
