@@ -101,7 +101,7 @@ def main() -> None:
 
     def ours(config: Degradations, round_: int) -> None:
         seeds = [sample_seed(0, round_, f"crop{i}") for i in range(args.batch)]
-        apply(hr, draw(config, seeds, args.scale, args.crop))
+        apply(hr, draw(config, seeds, args.scale, args.crop, crop=args.crop))  # the same crop as the baseline
 
     def theirs(round_: int) -> None:
         rng = np.random.default_rng(round_)

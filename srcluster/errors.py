@@ -15,3 +15,10 @@ class StorageError(SrclusterError):
 
 class StackError(SrclusterError):
     pass
+
+
+class Preempted(SrclusterError):
+    """A run stopped on request (Slurm's warning signal, a spot reclaim, a pod eviction) after saving a checkpoint;
+    running the same command again resumes it. The CLI exits with `exit_code` (EX_TEMPFAIL: try again)."""
+
+    exit_code = 75

@@ -18,6 +18,13 @@ def did_you_mean(name: str, known: Iterable[str], n: int = 1, spell: Callable[[s
     return f"did you mean {' or '.join(repr(spell(c)) for c in close)}?" if close else None
 
 
+def listed(names: Iterable[str], most: int = 12) -> str:
+    """Known names for an error line, which stays one short line however many there are."""
+    names = list(names)
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown}, ... and {len(names) - most} more"
+
+
 class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
@@ -37,7 +44,7 @@ class Registry(Generic[T]):
         """Raise ValueError naming `key`, the bad name and the closest known names."""
         if name.lower() in self._builders:
             return
-        hint = did_you_mean(name.lower(), self._builders, n=3) or f"known: {', '.join(self.names())}"
+        hint = did_you_mean(name.lower(), self._builders, n=3) or f"known: {listed(self.names())}"
         raise ValueError(f"{key}: unknown {self.kind} {name!r} ({hint})")
 
     def check_options(self, name: str, options: dict, key: str) -> None:

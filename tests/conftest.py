@@ -9,6 +9,7 @@ alone, `stack` adds the MLflow server to the same S3 (or starts both at once whe
 from __future__ import annotations
 
 import os
+import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,22 @@ def stack(_stack_session) -> LocalStack:
     found = _stack_session.ensure(mlflow=True)
     os.environ["MLFLOW_TRACKING_URI"] = found.mlflow_url
     return found
+
+
+# --- pretrained weights -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _no_weight_downloads(monkeypatch):
+    """Tests never download: a weights file missing from a test's hub cache ends in the offline error, as on a node
+    without internet. Tests of the download path replace `hub.download` themselves."""
+    from srcluster.components import hub
+
+    def offline(url: str, dest) -> None:
+        raise urllib.error.URLError(f"tests never download ({url})")
+
+    monkeypatch.setattr(hub, "download", offline)
+    monkeypatch.delenv(hub.WEIGHTS_URL_ENV, raising=False)
 
 
 # --- CPU threads ------------------------------------------------------------------------------------------------------

@@ -12,12 +12,44 @@ import argparse
 from rich.markup import escape
 
 from srcluster import __version__
-from srcluster.cli import data, degrade, demo, evaluate, launch, models, stack, sync, train, tune, upscale
+from srcluster.cli import (
+    check,
+    compare,
+    data,
+    degrade,
+    demo,
+    evaluate,
+    export,
+    launch,
+    models,
+    stack,
+    sync,
+    train,
+    tune,
+    upscale,
+    weights,
+)
 from srcluster.cli.output import err_console
-from srcluster.errors import SrclusterError
+from srcluster.errors import Preempted, SrclusterError
 
 # in the order `srcluster --help` lists them
-COMMAND_GROUPS = (stack, data, train, evaluate, degrade, sync, demo, models, upscale, tune, launch)
+COMMAND_GROUPS = (
+    stack,
+    data,
+    check,
+    train,
+    evaluate,
+    compare,
+    degrade,
+    sync,
+    demo,
+    models,
+    upscale,
+    export,
+    tune,
+    launch,
+    weights,
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -33,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.fn(args)
+    except Preempted as exc:
+        err_console.print(f"[yellow]stopped:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return exc.exit_code
     except SrclusterError as exc:
         err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2

@@ -33,7 +33,7 @@ def register(subparsers) -> None:
     ev.add_argument("--hr", required=True, help="folder or shard set of HR images (any fsspec URL)")
     ev.add_argument("--scale", type=int, required=True)
     ev.add_argument("--model", help="generator (.safetensors/.pth, path or URL); default: plain bicubic upscaling")
-    ev.add_argument("--metrics", default="psnr,ssim", help="comma-separated: psnr, ssim, lpips, dists, topiq")
+    ev.add_argument("--metrics", default="psnr,ssim", help="comma-separated: psnr, ssim, lpips, dists, topiq, topiq_nr")
     ev.add_argument("--rgb", action="store_true", help="score RGB instead of the Y channel (psnr, ssim)")
     ev.add_argument("--tile", type=int, default=0, help="tile size for inference (0: whole image)")
     ev.add_argument("--tile-overlap", type=int, default=8)

@@ -184,8 +184,9 @@ def register(subparsers) -> None:
     sl.add_argument("--account")
     sl.add_argument("--log", default="srcluster-%x-%j.out", help="sbatch --output pattern")
     sl.add_argument("--setup", help="shell lines run first on the head, e.g. 'source ~/venvs/sr/bin/activate'")
-    sl.add_argument("--ray-port", type=int, default=6379)
-    sl.add_argument("--dashboard-port", type=int, default=8265)
+    per_job = "default: one port block per Slurm job id, so jobs sharing a node do not collide"
+    sl.add_argument("--ray-port", type=int, help=f"the head's GCS port ({per_job})")
+    sl.add_argument("--dashboard-port", type=int, help=f"the dashboard port ({per_job})")
     sl.add_argument("--ray-args", default="", help="more `ray start` arguments for every node")
     sl.add_argument("--join-timeout", type=int, default=300, help="seconds to wait for all nodes to join")
     sl.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help=env_help)

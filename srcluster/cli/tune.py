@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from srcluster.cli.output import console, warn
+from srcluster.cli.output import VERBOSE_HELP, console, warn
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -21,14 +21,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
         )
         return 0
     # the Tuner driver and the training loop: only a real search loads them
+    from srcluster.console import quiet
     from srcluster.tune.report import trial_table
     from srcluster.tune.run import run_search
 
-    outcome = run_search(
-        search,
-        output_dir=Path(args.output) if args.output else None,
-        log=lambda m: console.print(m, highlight=False, markup=False),
-    )
+    with quiet(search.name, verbose=args.verbose) as log_file:
+        outcome = run_search(
+            search,
+            output_dir=Path(args.output) if args.output else None,
+            log=lambda m: console.print(m, highlight=False, markup=False),
+        )
+    if log_file:
+        console.print(f"log: {log_file}", highlight=False, soft_wrap=True)
     console.print(trial_table(outcome, search))
     if outcome.best is None:
         console.print("[red]no trial finished[/]: see the failed trials above")
@@ -46,4 +50,5 @@ def register(subparsers) -> None:
     t.add_argument("search", help="search file (base stage, space, metric, algorithms)")
     t.add_argument("--check", action="store_true", help="validate the search file and stop")
     t.add_argument("--output", help="folder for the trial table and plot (default: $SRCLUSTER_HOME/tune/<search>)")
+    t.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     t.set_defaults(fn=cmd_tune)

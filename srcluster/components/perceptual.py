@@ -1,10 +1,11 @@
 """Pretrained feature networks (VGG19 features, LPIPS, DISTS, TOPIQ) and image-quality metrics by name.
 
-Nothing is downloaded here. ImageNet backbones are torchvision's checkpoint files, read from a path the caller gives
-or from torch's hub cache ($TORCH_HOME/hub/checkpoints, where torchvision itself would have saved them); a missing
-file is a one-line error naming the file and where to put it. The small learned parts (LPIPS' linear heads, DISTS'
-alpha/beta) ship inside the torchmetrics wheel and are read from there. Only the `features.*` tensors of a
-backbone are used, so a checkpoint holding just those works too.
+ImageNet backbones are torchvision's checkpoint files and TOPIQ's (FR, NR) the published CFANet files, found by
+`components.hub.locate`: the path the caller gives, else torch's hub cache, else the copy staged in object storage
+($SRCLUSTER_WEIGHTS_URL), else downloaded (checksum verified); with none of these, a one-line error names the file,
+where to put it and `srcluster weights pull`. The small learned parts (LPIPS' linear heads, DISTS' alpha/beta) ship
+inside the torchmetrics wheel and are read from there. Only the `features.*` tensors of a backbone are used, so a
+checkpoint holding just those works too.
 
 `METRICS` maps a metric name to a builder of `Metric(better, fn)`, where `fn(sr, hr)` takes uint8 images (or float in
 [0, 1]), (B, C, H, W) or (C, H, W), and returns one value per image. Networks are built once per process and device.
@@ -23,14 +24,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from srcluster.components import hub
 from srcluster.components import metrics as sr_metrics
+from srcluster.components import topiq as topiq_arch
 from srcluster.errors import SrclusterError
 from srcluster.registry import Registry
 
 # --- backbones --------------------------------------------------------------------------------------------------------
 
-# torchvision's file names (the hash in the name is what torchvision checks when it downloads).
-HUB_FILES = {"vgg19": "vgg19-dcbb9e9d.pth", "vgg16": "vgg16-397923af.pth", "alexnet": "alexnet-owt-7be5be79.pth"}
+# torchvision's file names for the backbones built here (components/hub.py has their URLs and checksums)
+HUB_FILES = {arch: hub.FILES[arch].file for arch in ("vgg19", "vgg16", "alexnet")}
 
 # torchvision's VGG `features` layout: numbers are 3x3 conv widths (each followed by a ReLU), "M" a 2x2 max pool.
 VGG_CFG: dict[str, list[int | str]] = {
@@ -91,20 +94,8 @@ def alexnet_features(depth: int | None = None) -> nn.Sequential:
 
 
 def checkpoint_path(arch: str, path: str | None = None, option: str = "a weights path") -> Path:
-    """The local file with torchvision's `arch` weights: `path` if given, else the hub cache file. Never downloads."""
-    if path is not None:
-        found = Path(path).expanduser()
-        if not found.is_file():
-            raise SrclusterError(f"{arch} weights file {found} does not exist")
-        return found
-    name = HUB_FILES[arch]
-    found = Path(torch.hub.get_dir()) / "checkpoints" / name
-    if not found.is_file():
-        raise SrclusterError(
-            f"{arch} weights not found: put torchvision's {name} in {found.parent}/ (set TORCH_HOME to use another "
-            f"cache folder) or give {option}; srcluster downloads nothing at run time"
-        )
-    return found
+    """The local file with torchvision's `arch` weights: `path` if given, else found or fetched by `hub.locate`."""
+    return hub.locate(arch, path, option)
 
 
 def pretrained_features(
@@ -323,37 +314,23 @@ class DISTS(nn.Module):
         return 1 - score
 
 
-def require_pyiqa():
-    """pyiqa (TOPIQ) is optional: it pulls a very large dependency tree, so srcluster does not install it."""
-    try:
-        import pyiqa  # pyright: ignore[reportMissingImports]  # optional and not installed with srcluster
-    except ImportError:
-        raise SrclusterError(
-            "TOPIQ needs pyiqa, which srcluster does not install (it pulls a very large dependency "
-            "tree): pip install pyiqa"
-        ) from None
-    return pyiqa
-
-
-def pyiqa_metric(name: str, device: torch.device) -> nn.Module:
-    try:
-        return require_pyiqa().create_metric(name, device=device, as_loss=False)
-    except SrclusterError:
-        raise
-    except Exception as exc:  # pyiqa fetches its weights on first use; here they must already be in its cache
-        raise SrclusterError(
-            f"pyiqa could not build {name}: {exc} (nothing is downloaded here: put its weights in pyiqa's cache first)"
-        ) from None
+def topiq_network(weights: str, full_reference: bool) -> nn.Module:
+    """TOPIQ's CFANet (components/topiq.py) with every tensor from the file `weights`."""
+    return topiq_arch.load_cfanet(Path(weights), full_reference)
 
 
 # --- metrics by name --------------------------------------------------------------------------------------------------
 
 
+Better = Literal["higher", "lower"]
+
+
 @dataclass(frozen=True)
 class Metric:
-    """A per-image quality measure: `fn(sr, hr)` -> (B,) float tensor, and which direction is better."""
+    """A per-image quality measure: `fn(sr, hr)` -> (B,) float tensor, and which direction is better. Every builder
+    takes traiNNer-redux's `better` option, which overrides the metric's own direction."""
 
-    better: Literal["higher", "lower"]
+    better: Better
     fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
     def __call__(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
@@ -380,7 +357,8 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "lpips-alex": lambda device, *paths: LPIPS("alex", *paths).to(device),
     "lpips-vgg": lambda device, *paths: LPIPS("vgg", *paths).to(device),
     "dists": lambda device, *paths: DISTS(*paths).to(device),
-    "topiq_fr": lambda device: pyiqa_metric("topiq_fr", device),  # pyiqa moves its inputs to its own device
+    "topiq_fr": lambda device, path: topiq_network(path, full_reference=True).to(device),
+    "topiq_nr": lambda device, path: topiq_network(path, full_reference=False).to(device),
 }
 
 
@@ -402,35 +380,65 @@ def _network_metric(kind: str, crop_border: int, *paths: str | None):
 
 
 @METRICS.register("psnr")
-def psnr(crop_border: int = 0, test_y_channel: bool = False) -> Metric:
-    return Metric("higher", functools.partial(sr_metrics.psnr, crop_border=crop_border, test_y_channel=test_y_channel))
+def psnr(crop_border: int = 0, test_y_channel: bool = False, better: Better | None = None) -> Metric:
+    return Metric(
+        better or "higher", functools.partial(sr_metrics.psnr, crop_border=crop_border, test_y_channel=test_y_channel)
+    )
 
 
 @METRICS.register("ssim")
-def ssim(crop_border: int = 0, test_y_channel: bool = False) -> Metric:
-    return Metric("higher", functools.partial(sr_metrics.ssim, crop_border=crop_border, test_y_channel=test_y_channel))
+def ssim(crop_border: int = 0, test_y_channel: bool = False, better: Better | None = None) -> Metric:
+    return Metric(
+        better or "higher", functools.partial(sr_metrics.ssim, crop_border=crop_border, test_y_channel=test_y_channel)
+    )
 
 
 @METRICS.register("lpips")
-def lpips(crop_border: int = 0, net: Literal["alex", "vgg"] = "alex", backbone_path: str | None = None) -> Metric:
+def lpips(
+    crop_border: int = 0,
+    net: Literal["alex", "vgg"] = "alex",
+    backbone_path: str | None = None,
+    better: Better | None = None,
+) -> Metric:
     if net not in LPIPS.TAPS:
         raise ValueError(f"lpips net {net!r} is not one of {', '.join(LPIPS.TAPS)}")
     # resolve the backbone now: a missing file fails when the metric is set up, not after the first epoch
     backbone = str(checkpoint_path("alexnet" if net == "alex" else "vgg16", backbone_path, "lpips backbone_path"))
-    return Metric("lower", _network_metric(f"lpips-{net}", crop_border, backbone))
+    return Metric(better or "lower", _network_metric(f"lpips-{net}", crop_border, backbone))
 
 
 @METRICS.register("dists")
-def dists(crop_border: int = 0, vgg_weights_path: str | None = None) -> Metric:
+def dists(crop_border: int = 0, vgg_weights_path: str | None = None, better: Better | None = None) -> Metric:
     backbone = str(checkpoint_path("vgg16", vgg_weights_path, "dists vgg_weights_path"))
-    return Metric("lower", _network_metric("dists", crop_border, backbone))
+    return Metric(better or "lower", _network_metric("dists", crop_border, backbone))
+
+
+def _no_reference_metric(kind: str, crop_border: int, *paths: str | None):
+    """fn(sr, hr) scoring `sr` alone with the cached network `kind` (hr is taken, and ignored, so that every metric
+    is called the same way)."""
+
+    @torch.no_grad()
+    def fn(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        image = crop(as_float_batch(sr), crop_border)
+        return _network(kind, str(image.device), *paths)(image).flatten().float()
+
+    return fn
 
 
 @METRICS.register("topiq")
-def topiq(crop_border: int = 0) -> Metric:
-    """TOPIQ full-reference (pyiqa's `topiq_fr`), higher is better. Needs pyiqa and its cached weights."""
-    require_pyiqa()  # fail when the metric is set up, not at the first validation
-    return Metric("higher", _network_metric("topiq_fr", crop_border))
+def topiq(crop_border: int = 0, better: Better | None = None) -> Metric:
+    """TOPIQ full-reference (traiNNer-redux's `calculate_topiq`: CFANet trained on KADID-10k), higher is better. Its
+    weights are found like the backbones' (`hub.locate("topiq")`), when the metric is built."""
+    weights = str(hub.locate("topiq"))
+    return Metric(better or "higher", _network_metric("topiq_fr", crop_border, weights))
+
+
+@METRICS.register("topiq_nr")
+def topiq_nr(crop_border: int = 0, better: Better | None = None) -> Metric:
+    """TOPIQ no-reference (traiNNer-redux's `calculate_topiq_nr`: CFANet trained on KonIQ-10k): scores the SR image
+    alone, higher is better. Weights from `hub.locate("topiq_nr")`."""
+    weights = str(hub.locate("topiq_nr"))
+    return Metric(better or "higher", _no_reference_metric("topiq_nr", crop_border, weights))
 
 
 def build_metric(name: str, **options) -> Metric:

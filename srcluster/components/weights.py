@@ -7,10 +7,11 @@ checkpoint from object storage can never run code.
 from __future__ import annotations
 
 import io
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -80,9 +81,11 @@ def load_pretrain(
     strict: bool = True,
     label: str | None = None,
     settings: StorageSettings | None = None,
+    strict_key: str = "strict_load_g",
 ) -> LoadReport:
     """strict: every tensor must match in name and shape. Not strict: load what matches, report the rest. `label` names
-    the pretrain in reports and errors as the user gave it (a `models:/` URI resolved to `source`, a local file).
+    the pretrain in reports and errors as the user gave it (a `models:/` URI resolved to `source`, a local file);
+    `strict_key` the job option that asked for strict loading (strict_load_g, strict_load_d).
 
     Not strict is how a 2x pretrain starts a 4x model: everything but the upsampler carries over.
     """
@@ -102,16 +105,41 @@ def load_pretrain(
     if strict and (report.skipped or report.missing):
         problems = report.skipped + [f"{name} (missing in pretrain)" for name in report.missing]
         raise SrclusterError(
-            f"strict_load_g: pretrain {label} does not match the model: {'; '.join(problems[:10])}"
-            f"{' …' if len(problems) > 10 else ''} (set path.strict_load_g: false to load what matches)"
+            f"{strict_key}: pretrain {label} does not match the model: {'; '.join(problems[:10])}"
+            f"{' …' if len(problems) > 10 else ''} (set path.{strict_key}: false to load what matches)"
         )
     net.load_state_dict(usable, strict=False)
     report.loaded = len(usable)
     return report
 
 
-def export_generator(net: nn.Module, path: Path) -> Path:
-    """Save a plain state dict as safetensors: spandrel's ModelLoader recognises the architecture from it."""
+# safetensors header metadata naming the generator, for the families spandrel does not recognise from their weights
+# (the hand-written ones, resselt's): `srcluster upscale model.safetensors` builds them from it
+ARCH_KEY, SCALE_KEY, OPTIONS_KEY = "srcluster_arch", "srcluster_scale", "srcluster_options"
+
+
+def generator_metadata(arch: str, scale: int, options: dict[str, Any]) -> dict[str, str]:
+    return {ARCH_KEY: arch, SCALE_KEY: str(scale), OPTIONS_KEY: json.dumps(options, sort_keys=True)}
+
+
+def export_generator(net: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> Path:
+    """Save a plain state dict as safetensors (spandrel's ModelLoader recognises most architectures from it), with
+    `generator_metadata` in its header so any srcluster generator loads by path."""
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(path))
+    save_file(state, str(path), metadata=metadata)
     return path
+
+
+def read_generator_metadata(source: str, settings: StorageSettings | None = None) -> tuple[str, int, dict] | None:
+    """(arch, scale, options) from a safetensors file's header written by `export_generator`, or None (another
+    format, or a file without them). Reads only the header (its length, then its JSON), from a path or any URL."""
+    if not source.endswith(".safetensors"):
+        return None
+    fs, path = (settings or StorageSettings.resolve()).filesystem(source)
+    with fs.open(path, "rb") as file:
+        size = int.from_bytes(cast(bytes, file.read(8)), "little")  # the format: u64 header length, then its JSON
+        header = json.loads(file.read(size)) if 0 < size < 100 << 20 else {}
+    meta = header.get("__metadata__") or {}
+    if ARCH_KEY not in meta:
+        return None
+    return meta[ARCH_KEY], int(meta[SCALE_KEY]), json.loads(meta.get(OPTIONS_KEY, "{}"))

@@ -14,27 +14,30 @@ from srcluster.degrade.config import IGNORED as DEGRADE_IGNORED
 from srcluster.degrade.config import Degradations, key_path, parse_degradations, split_degradation_keys
 from srcluster.errors import ConfigError
 
-_NO_MOA = "mixture-of-augmentations (MoA) is not implemented by srcluster"
 _DEBUG = "look at degradations with `srcluster degrade preview` instead"
+_LOADER = "srcluster's streaming loader sets its own pinning and prefetching"
 
 # key path ("*" = any dataset name) -> why it has no effect. Any other unknown key is an error.
 IGNORED: dict[str, str] = {
     "num_gpu": "srcluster.workers and srcluster.use_gpu choose the devices",
-    "fast_matmul": "TF32 matmuls are left at PyTorch's default",
     "high_order_degradations_debug": _DEBUG,
     "high_order_degradations_debug_limit": _DEBUG,
-    "train.use_moa": _NO_MOA,
-    "train.moa_augs": _NO_MOA,
-    "train.moa_probs": _NO_MOA,
-    "train.moa_debug": _NO_MOA,
-    "train.moa_debug_limit": _NO_MOA,
     "logger.use_tb_logger": "metrics go to MLflow",
+    "logger.wandb": "metrics go to MLflow",
+    "val.pbar": "srcluster shows its own progress line",
+    "val.suffix": "traiNNer-redux names only test.py's saved images with it; validation grids are named by iteration",
     "datasets.*.meta_info": "shard manifests list the samples",
     "datasets.*.io_backend": "every URL is read through fsspec",
     "datasets.*.filename_tmpl": "pairs are matched by relative path and stem",
+    "datasets.*.pin_memory": _LOADER,
+    "datasets.*.persistent_workers": _LOADER,
+    "datasets.*.prefetch_mode": _LOADER,
+    "datasets.*.num_prefetch_queue": _LOADER,
+    "datasets.*.prefetch_factor": _LOADER,
 }
 
-# traiNNer-redux's loss names that srcluster does not implement: fine at weight 0 (off), an error otherwise.
+# traiNNer-redux's loss names. One that srcluster does not implement (not in the loss registry) or refuses
+# (`REFUSED_LOSSES`) is fine at weight 0 (off), an error otherwise.
 TRAINNER_LOSSES = frozenset(
     {
         "adistsloss",
@@ -67,6 +70,9 @@ TRAINNER_LOSSES = frozenset(
         "hsluvloss",
     }
 )
+
+# Losses srcluster builds but does not train with yet, each with the reason (one line of the error).
+REFUSED_LOSSES: dict[str, str] = {}
 
 
 def lift_degradations(data: dict, source: str) -> tuple[dict, Degradations | None, list[str]]:
@@ -130,7 +136,14 @@ def lift_ignored(data: dict, source: str) -> tuple[dict, list[str]]:
             visit(data[section], (section,))
     for name, dataset in (data.get("datasets") or {}).items() if isinstance(data.get("datasets"), dict) else ():
         if isinstance(dataset, dict):
+            if "clip_size" in dataset:  # redux's video datasets, for its video generators (tscunet, tfdat, ...)
+                raise ConfigError(
+                    f"{source}: datasets.{name}.clip_size: clip datasets (for video architectures) are not "
+                    "supported; srcluster trains on single images"
+                )
             visit(dataset, ("datasets", str(name)))
+    if isinstance(data.get("train"), dict):
+        warnings += lift_old_losses(data["train"], source)
     losses = (data.get("train") or {}).get("losses") if isinstance(data.get("train"), dict) else None
     if isinstance(losses, list):
         # the loss registry lives beside its torch code: imported when a job is parsed, not with the schema
@@ -139,17 +152,64 @@ def lift_ignored(data: dict, source: str) -> tuple[dict, list[str]]:
         kept = []
         for i, loss in enumerate(losses):
             kind = str(loss.get("type", "")).lower() if isinstance(loss, dict) else ""
-            if kind in TRAINNER_LOSSES and kind not in LOSSES.names():
+            if kind in TRAINNER_LOSSES and (kind not in LOSSES.names() or kind in REFUSED_LOSSES):
+                why = REFUSED_LOSSES.get(kind, "")
                 if loss.get("loss_weight", 1.0) not in (0, 0.0):
+                    what = f"is refused by srcluster: {why}" if why else "is not implemented by srcluster"
                     raise ConfigError(
-                        f"{source}: train.losses[{i}].type: traiNNer-redux's {kind!r} is not implemented "
-                        "by srcluster; set its loss_weight to 0 or remove it"
+                        f"{source}: train.losses[{i}].type: traiNNer-redux's {kind!r} {what}; "
+                        "set its loss_weight to 0 or remove it"
                     )
-                warnings.append(f"{source}: train.losses[{i}]: {kind} (weight 0) ignored: not implemented by srcluster")
+                reason = "refused by srcluster" if why else "not implemented by srcluster"
+                warnings.append(f"{source}: train.losses[{i}]: {kind} (weight 0) ignored: {reason}")
                 continue
             kept.append(loss)
         data["train"]["losses"] = kept
     return data, warnings
+
+
+# traiNNer-redux's older loss format: one `train.<name>_opt` section per loss, read in this order when the job has no
+# `train.losses` list (then they become that list); with a list they are not read.
+OLD_LOSS_KEYS = (
+    "pixel_opt",
+    "mssim_opt",
+    "ms_ssim_l1_opt",
+    "perceptual_opt",
+    "contextual_opt",
+    "dists_opt",
+    "hr_inversion_opt",
+    "dinov2_opt",
+    "topiq_opt",
+    "pd_opt",
+    "fd_opt",
+    "ldl_opt",
+    "hsluv_opt",
+    "gan_opt",
+    "color_opt",
+    "luma_opt",
+    "avg_opt",
+    "bicubic_opt",
+)
+
+
+def lift_old_losses(train: dict, source: str) -> list[str]:
+    """Move the old `*_opt` loss sections of `train` into `train.losses`, as traiNNer-redux reads them; with a
+    `losses` list they are dropped with a warning each."""
+    found = [key for key in OLD_LOSS_KEYS if train.get(key) is not None]
+    if train.get("losses") is not None:
+        for key in found:
+            del train[key]
+        reason = "train.losses is set; *_opt losses are read only without it"
+        return [f"{source}: train.{key}: ignored ({reason})" for key in found]
+    losses = []
+    for key in found:
+        section = train.pop(key)
+        if not isinstance(section, dict) or "type" not in section:
+            raise ConfigError(f"{source}: train.{key}: a loss section needs a type (and a loss_weight)")
+        losses.append(section)
+    if found:
+        train["losses"] = losses
+    return []
 
 
 def value_warnings(job: Job, source: str) -> list[str]:
@@ -157,7 +217,46 @@ def value_warnings(job: Job, source: str) -> list[str]:
     warnings = []
     if job.logger.save_checkpoint_format == "pth":
         warnings.append(
-            f"{source}: logger.save_checkpoint_format: pth ignored (srcluster writes safetensors, which "
-            "spandrel/chaiNNer and traiNNer-redux load)"
+            f"{source}: logger.save_checkpoint_format: pth ignored (for checkpoints: srcluster writes safetensors, "
+            "which spandrel/chaiNNer and traiNNer-redux load; the exported generator is written as .pth too)"
         )
+    if job.onnx and job.onnx.dynamo:
+        warnings.append(f"{source}: onnx.dynamo: true ignored (srcluster exports with torch's TorchScript exporter)")
+    if job.onnx and job.onnx.dtype == "bf16" and job.onnx.bf16_exclude_depthwise:
+        warnings.append(
+            f"{source}: onnx.bf16_exclude_depthwise: ignored (srcluster casts the whole generator to bf16, depthwise "
+            "convolutions included)"
+        )
+    for name, metric in job.val.metrics.items():
+        if metric.crop_border and not metric.crops_border:
+            warnings.append(
+                f"{source}: val.metrics.{name}.crop_border: ignored ({metric.kind} scores whole images, as in "
+                "traiNNer-redux; crop_border applies to psnr and ssim)"
+            )
+    if job.uses_video_codecs and job.srcluster.degrade_on == "device":
+        warnings.append(
+            f"{source}: srcluster.degrade_on: device ignored (video codecs code on the CPU: degradations run in the "
+            "data workers, so the training step never copies LR images to the host and back)"
+        )
+    if job.train.use_moa and job.train.moa_debug:
+        warnings.append(
+            f"{source}: train.moa_debug: ignored (srcluster saves no augmented tiles; `srcluster degrade preview` "
+            "shows what the data pipeline makes)"
+        )
+    if job.val.metrics and not job.val.metrics_enabled:
+        warnings.append(
+            f"{source}: val.metrics: not computed (val.metrics_enabled is false, traiNNer-redux's default; set it to "
+            "true to score them)"
+        )
+    if "val" not in job.model_fields_set and job.datasets.validation_sets:  # redux validates only with a val section
+        warnings.append(
+            f"{source}: datasets.{', datasets.'.join(job.datasets.validation_sets)}: not validated (no val: section; "
+            "add val: {val_enabled: true, val_freq: N} to validate, as traiNNer-redux)"
+        )
+    if job.path.resume_state:  # traiNNer-redux ignores pretrains while resuming, and so does srcluster
+        warnings += [
+            f"{source}: path.{key}: replaced by the networks of path.resume_state"
+            for key in ("pretrain_network_g", "pretrain_network_d")
+            if getattr(job.path, key)
+        ]
     return warnings

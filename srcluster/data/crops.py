@@ -1,19 +1,21 @@
-"""From encoded samples to batches: the shuffle buffer, decode + aligned random crop + augment (traiNNer's), the
-bookkeeping that stops a stream in which nothing gives a crop, and the batch filled in place, with on-the-fly
-degradations drawn (and applied) per sample.
+"""From encoded samples to batches: the shuffle buffer, decode once + aligned random crops + augment (traiNNer's), the
+pool that spreads the crops of one decoded tile over batches (`CropPool`), the bookkeeping that stops a stream in which
+nothing gives a crop (`Rounds`), and the batch filled in place, with on-the-fly degradations drawn (and applied) per
+crop.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from srcluster.data.images import decode, to_rgb8
 from srcluster.degrade.config import Degradations
-from srcluster.degrade.pipeline import Plan, apply, draw
+from srcluster.degrade.pipeline import Plan, draw, pair
 
 
 def shuffled(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
@@ -47,6 +49,24 @@ def _augment(patches: list[np.ndarray], rng: np.random.Generator, hflip: bool, r
     return patches
 
 
+class Decoded(NamedTuple):
+    """One sample's pixels, decoded once however many crops are cut from it (`crop_decoded`)."""
+
+    hr: np.ndarray
+    hr_bgr: bool
+    lr: np.ndarray | None = None
+    lr_bgr: bool = False
+
+
+def decode_sample(hr_data: bytes, lr_data: bytes | None) -> Decoded:
+    """Decode a sample's HR image and, when paired, its LR partner. Undecodable data raises."""
+    hr, hr_bgr = decode(hr_data)
+    if lr_data is None:
+        return Decoded(hr, hr_bgr)
+    lr, lr_bgr = decode(lr_data)
+    return Decoded(hr, hr_bgr, lr, lr_bgr)
+
+
 def random_crop(
     hr_data: bytes,
     lr_data: bytes | None,
@@ -55,21 +75,40 @@ def random_crop(
     rng: np.random.Generator,
     hflip: bool = True,
     rot: bool = True,
+    pad: bool = False,
+) -> list[np.ndarray] | str:
+    """Decode a sample and cut one crop from it: `crop_decoded(decode_sample(...))`. Undecodable data raises."""
+    return crop_decoded(decode_sample(hr_data, lr_data), crop, scale, rng, hflip, rot, pad)
+
+
+def crop_decoded(
+    sample: Decoded,
+    crop: int,
+    scale: int,
+    rng: np.random.Generator,
+    hflip: bool = True,
+    rot: bool = True,
+    pad: bool = False,
 ) -> list[np.ndarray] | str:
     """[HR crop] or, with LR, [HR crop, LR crop] (crop and crop / scale square, aligned) as H x W x 3 uint8 RGB arrays
-    (possibly views), or the reason there is none ("too_small", "size_mismatch"). Undecodable data raises.
+    (possibly views), or the reason there is none ("too_small", "size_mismatch"), which depends on the image only (no
+    draw is made before it is known).
 
+    With `pad` (HR only) an image smaller than the crop is not skipped: it is padded with black at the bottom and
+    right, after its flips, as traiNNer-redux's RealESRGANDataset pads (`embed`) after augmenting.
     Only the crop window is converted to RGB (16-bit, gray and alpha conversions cost per pixel).
     """
-    hr, hr_bgr = decode(hr_data)
-    if lr_data is None:
+    hr, hr_bgr = sample.hr, sample.hr_bgr
+    if sample.lr is None:
         height, width = hr.shape[:2]
-        if height < crop or width < crop:
+        if (height < crop or width < crop) and not pad:
             return "too_small"
-        y, x = int(rng.integers(height - crop + 1)), int(rng.integers(width - crop + 1))
+        y, x = int(rng.integers(max(0, height - crop) + 1)), int(rng.integers(max(0, width - crop) + 1))
         patches = [to_rgb8(hr[y : y + crop, x : x + crop], hr_bgr)]
+        if patches[0].shape[:2] != (crop, crop):
+            return [_pad(p, crop) for p in _augment(patches, rng, hflip, rot)]
     else:
-        lr, lr_bgr = decode(lr_data)
+        lr = sample.lr
         (height, width), size = lr.shape[:2], crop // scale
         if hr.shape[:2] != (height * scale, width * scale):
             return "size_mismatch"
@@ -78,17 +117,25 @@ def random_crop(
         y, x = int(rng.integers(height - size + 1)), int(rng.integers(width - size + 1))
         patches = [
             to_rgb8(hr[y * scale : (y + size) * scale, x * scale : (x + size) * scale], hr_bgr),
-            to_rgb8(lr[y : y + size, x : x + size], lr_bgr),
+            to_rgb8(lr[y : y + size, x : x + size], sample.lr_bgr),
         ]
     return _augment(patches, rng, hflip, rot)
 
 
-class Passes:
-    """Which pass over this worker's units each sample came from, so that a pass in which no sample gave a crop
-    (everything too small, corrupt, ...) stops the stream instead of spinning forever."""
+def _pad(patch: np.ndarray, side: int) -> np.ndarray:
+    """patch at the top left of a black side x side image."""
+    out = np.zeros((side, side, 3), dtype=np.uint8)
+    out[: patch.shape[0], : patch.shape[1]] = patch
+    return out
+
+
+class Rounds:
+    """Which round of passes (in which a slot reads all of the data, see `units.Split`) each sample came from, so that a
+    round in which no sample gave a crop (everything too small, corrupt, ...) stops the stream instead of spinning
+    forever."""
 
     def __init__(self) -> None:
-        self.sizes: dict[int, int] = {}
+        self.sizes: dict[int, int] = {}  # samples read in each round that has ended
         self.used: Counter = Counter()
         self.good: Counter = Counter()
 
@@ -96,16 +143,57 @@ class Passes:
         self.sizes[index] = size
 
     def record(self, index: int, ok: bool) -> bool:
-        """Count one sample of pass `index`; True when that pass is over and none of its samples gave a crop."""
+        """Count one sample of round `index`; True when some round is over and none of its samples gave a crop.
+
+        A round's end is only known once the reader has moved past it, which (with no shuffle buffer) is after its
+        last sample was recorded here; so every ended round is looked at, not only the sample's own."""
         self.used[index] += 1
         self.good[index] += ok
-        if self.used[index] < self.sizes.get(index, -1):
-            return False
-        if index in self.sizes:
-            failed = self.good[index] == 0
-            del self.sizes[index], self.used[index], self.good[index]
-            return failed
-        return False
+        failed = False
+        for done in [i for i, size in self.sizes.items() if self.used[i] >= size]:
+            failed |= self.good[done] == 0
+            del self.sizes[done], self.used[done], self.good[done]
+        return failed
+
+
+class Crop(NamedTuple):
+    tile: int  # which decoded sample it was cut from (a number per decode in this worker)
+    patches: list[np.ndarray]  # [HR] or [HR, LR], as `crop_decoded` returns them
+    key: str
+    seed: int  # its own per-sample seed: crop, flips and degradations
+
+
+class CropPool:
+    """Crops waiting for a batch, when each decoded sample gives several (`crops_per_tile`).
+
+    The crops of one tile arrive together, so handing them out in order would put them side by side in one batch;
+    the pool keeps `size` crops and hands out a random one whose tile the batch does not hold yet. With `size` at
+    least batch size x crops per tile that is always possible: the tiles a batch already holds (at most batch - 1)
+    keep at most crops per tile - 1 crops each in the pool, fewer than it holds. A pool of size 1 hands crops out
+    in the order they came (one crop per tile needs no mixing beyond the shuffle buffer of encoded samples)."""
+
+    def __init__(self, size: int, rng: np.random.Generator):
+        self.size, self.rng = size, rng
+        self.crops: list[Crop] = []
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    @property
+    def hungry(self) -> bool:
+        return len(self.crops) < self.size
+
+    def add(self, crop: Crop) -> None:
+        self.crops.append(crop)
+
+    def take(self, tiles_in_batch: set[int]) -> Crop:
+        if len(self.crops) == 1:
+            return self.crops.pop()
+        fresh = [i for i, crop in enumerate(self.crops) if crop.tile not in tiles_in_batch]
+        candidates = fresh or range(len(self.crops))  # a tile twice in one batch only where nothing else is left
+        index = candidates[int(self.rng.integers(len(candidates)))]
+        self.crops[index], self.crops[-1] = self.crops[-1], self.crops[index]
+        return self.crops.pop()
 
 
 class Batch:
@@ -132,19 +220,22 @@ class Batch:
         self.seeds.append(seed)
         self.count += 1
 
-    def degrade(self, cfg: Degradations, scale: int, apply_here: bool) -> None:
-        """Draw each sample's degradations from its seed; apply them here (LR joins the batch as uint8, exact: the
-        pipeline rounds LR to 8 bits) or leave the plan for the training step."""
+    def degrade(self, cfg: Degradations, scale: int, gt_size: int, apply_here: bool) -> None:
+        """Draw each sample's degradations from its seed for the crops of this batch (`crop_size`, larger than
+        gt_size with high-order degradations); apply them here and cut the gt_size pair (LR joins the batch as uint8,
+        exact: the pipeline rounds LR to 8 bits), or leave the plan for the training step."""
         hr = self.tensors[0]
-        plan = draw(cfg, self.seeds, scale, hr.shape[-1])
+        plan = draw(cfg, self.seeds, scale, gt_size, crop=hr.shape[-1])
         if not apply_here:
             self.plan = plan
             return
-        lr = torch.empty((hr.shape[0], 3, plan.lq_size, plan.lq_size), dtype=torch.uint8)
+        hr_patch, lr_patch = pair(hr, plan)
+        out = [torch.empty((hr.shape[0], 3, side, side), dtype=torch.uint8) for side in (gt_size, plan.lq_size)]
         if self.shared:
-            lr.share_memory_()
-        lr.copy_(apply(hr, plan).mul_(255).round_())
-        self.tensors.append(lr)
+            out = [t.share_memory_() for t in out]
+        out[0].copy_(hr_patch)
+        out[1].copy_(lr_patch.mul_(255).round_())
+        self.tensors = out
 
     def output(self, counts: torch.Tensor) -> tuple:
         plan = [self.plan] if self.plan is not None else []

@@ -45,7 +45,7 @@ PHOTOS: dict[str, str] = {
 }
 DEFAULT_VAL = ("chelsea", "coffee")  # two colour photos with fine detail, held out of training
 GENERATOR = "srcluster.data.sample/2"  # bump when the tiles change, so an older dataset is rebuilt (/2: WebP)
-SHARD_SAMPLES = 32  # ~4-5 shards: two ranks with two workers each still get a disjoint share
+SHARD_SAMPLES = 32  # ~4-5 shards: each slot (rank x worker) reads whole shards and at most two cut ones
 
 
 def sample_photos() -> list[tuple[str, np.ndarray]]:

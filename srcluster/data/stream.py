@@ -7,19 +7,35 @@ Input is a list of *units*: shard URLs (`*.tar`, each holding many samples) and 
 its LR partner's URL for paired folders), found from shard sets (a folder with manifest.json, or a brace pattern) or
 plain folders of images. Both kinds go through the same pipeline:
 
-    units --split by rank, then by worker--> endless passes in a seeded order --> samples, still encoded
-          --> shuffle buffer --> decode + aligned random crop + augment, straight into a batch (in the worker)
+    units --split over all (rank, worker) slots, pass by pass (`units.Split`)--> this slot's samples, still encoded
+          --> shuffle buffer --> decode + `crops_per_tile` aligned random crops + augment (in the worker)
+          --> crop pool (only with several crops per tile) --> batch
           --> DataLoader (uint8: HR B x 3 x crop x crop [, LR B x 3 x crop/s x crop/s]) --> exactly `steps` batches
 
-Every rank yields exactly `steps` batches whatever its share of the data, so DDP ranks never wait on each other at the
-end of an epoch. The order of the units and the shuffle come from one generator per (seed, epoch, rank, worker); each
-sample's crop, flips and on-the-fly degradations from its own seed (`sample_seed(seed, epoch, key@pass)`, pass = how
-many times this sample was read before), so a sample's (HR, LR) pair is the same on any number of ranks and workers.
+The split is over the job's samples, not its shards: in every pass each sample is read by exactly one of the world_size
+x num_workers slots (shards are cut by sample position where slots outnumber them or shares would be uneven), and the
+shares rotate among the slots pass by pass, so over any stretch of the stream all samples are read equally often, give
+or take one (shards without a manifest count as one sample each: balanced by shard). Every rank yields exactly `steps`
+batches, so DDP ranks never wait on each other at the end of an epoch. The order of the units in each round of passes
+comes from (seed, epoch, round), shared by all slots; the order of a slot's parts and its shuffle buffer from (seed,
+epoch, rank, worker). Each sample's crop, flips and on-the-fly degradations come from its own seed (`sample_seed(seed,
+epoch, unit/position/key@pass)`: which unit, where in it, and which pass of the job's stream), which no other read of
+the job shares and which does not depend on the slot that reads it, so a sample's (HR, LR) pair is the same on any
+number of ranks and workers. The same seed, epoch (the iteration the stream starts from), world size and worker count
+give the same stream.
+
+With `crops_per_tile` k > 1 each decoded sample gives k crops, so one decode (the bulk of the cost of bicubic and
+paired data) feeds k samples. Crop j has a seed of its own, the sample's identity with `#j` appended (crop 0 keeps the
+plain identity: its crop is the one k = 1 would cut), so every crop is reproducible and differs from its siblings. A
+pass still reads each sample once, now giving k crops of it; skips are counted per sample, not per crop. The crops
+wait in a pool of batch x k from which each batch takes crops of distinct samples (`crops.CropPool`).
 
 With on-the-fly degradations (`degradations`) each batch's per-sample parameters are drawn in the worker
 (`degrade.pipeline.draw`, cheap); `degrade_in_workers` applies them there too, batched, and the batch is `(hr, lr)`
 uint8 exactly like paired data; otherwise the batch is `(hr, plan)` and the training step applies the plan on its
-device (`train/batch.py`).
+device (`train/batch.py`). With high-order degradations the crops are traiNNer-redux's: 32 px larger than asked (an
+image smaller than that is padded with black, not skipped), degraded whole, and the asked-for (HR, LR) pair is cut
+from them at a random place (`degrade.pipeline.pair`).
 
 Skipped samples (undecodable, too small, unpaired, LR size mismatch, unreadable shards) and storage retries are
 counted in each worker and carried to the main process with each batch, so `TrainStream.counts()` covers every
@@ -41,23 +57,25 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen_schemes
 
-from srcluster.data.crops import Batch, Passes, random_crop, shuffled
+from srcluster.data.crops import Batch, Crop, CropPool, Rounds, crop_decoded, decode_sample, random_crop, shuffled
 from srcluster.data.remote import open_for_reading, reader_filesystem
 from srcluster.data.sources import list_images
 from srcluster.data.units import (
     COUNTERS,
     REASONS,
     EncodedSample,
+    Split,
     Tally,
     Unit,
     count_skip,
     is_shard_set,
-    read_unit,
+    read_part,
     resolve_units,
     split_units,
 )
 from srcluster.data.validation import iter_images, iter_pairs
 from srcluster.degrade.config import Degradations
+from srcluster.degrade.pipeline import crop_size
 from srcluster.degrade.seeds import sample_seed
 from srcluster.errors import SrclusterError
 
@@ -69,6 +87,7 @@ _warned: set[str] = set()
 __all__ = [
     "COUNTERS",
     "REASONS",
+    "Split",
     "TrainStream",
     "Unit",
     "is_shard_set",
@@ -109,11 +128,14 @@ register_gopen()  # at import, so spawned DataLoader workers get it when they un
 
 class HrCrops(IterableDataset):
     """Endless batches of random crops (uint8 B x 3 x crop x crop, plus aligned LR crops when paired) from this rank's
-    share of the units.
+    share of the samples.
 
-    Per worker: its units in endless seeded passes -> samples (still encoded) -> shuffle buffer -> decode + aligned
-    crop + augment -> batch. Shuffling before decoding keeps the buffer cheap to fill: it costs reads, not decodes.
-    Each batch is (hr, [lr | plan,] [keys,] counts), `counts` being this worker's COUNTERS since its previous batch.
+    Per worker (one slot of the job's `Split`): its share of each pass, endlessly -> samples (still encoded) -> shuffle
+    buffer -> decode + `crops_per_tile` aligned crops + augment -> crop pool -> batch. Shuffling before decoding
+    keeps the buffer cheap to fill: it costs reads, not decodes. Each batch is (hr, [lr | plan,] [keys,] counts),
+    `counts` being this worker's COUNTERS since its previous batch. A slot that reads a whole round of passes (all of
+    the data) without one usable crop, or without one readable sample, ends the stream with an error instead of
+    spinning.
     """
 
     def __init__(
@@ -134,8 +156,10 @@ class HrCrops(IterableDataset):
         with_keys: bool,
         degradations: Degradations | None = None,
         degrade_in_workers: bool = True,
+        crops_per_tile: int = 1,
     ):
         self.units, self.crop, self.scale, self.paired = units, crop, scale, paired
+        self.crops_per_tile = crops_per_tile
         self.degradations, self.degrade_in_workers = degradations, degrade_in_workers
         self.batch_size, self.rank, self.world_size, self.seed, self.epoch = batch_size, rank, world_size, seed, epoch
         self.use_hflip, self.use_rot = use_hflip, use_rot
@@ -150,68 +174,87 @@ class HrCrops(IterableDataset):
             for name in [n for n in os.environ if n.startswith(STORAGE_ENV)]:
                 del os.environ[name]
             os.environ.update(self.storage_env)
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
-        mine, _ = split_units(self.units, self.rank, self.world_size, worker, workers)
-        tally, totals, passes = Tally(), Counter(), Passes()
-        samples = shuffled(self._samples(mine, rng, tally, totals, passes), self.shuffle_buffer, rng)
+        # slots are numbered rank-major, so a rank's workers together read the rank's share of a world-wide split
+        split = Split(self.units, self.world_size * workers, self.seed, self.epoch)
+        slot = self.rank * workers + worker
+        rng = np.random.default_rng([self.seed, self.epoch, 1, self.rank, worker])
+        tally, totals, rounds = Tally(), Counter(), Rounds()
+        samples = shuffled(self._samples(split, slot, rng, tally, totals, rounds), self.shuffle_buffer, rng)
         lr_crop = self.crop // self.scale if self.paired else None
+        # with high-order degradations, traiNNer-redux's geometry: a larger crop (small images padded) is degraded,
+        # then the crop-sized pair is cut from it (`Batch.degrade` / the training step)
+        cut = crop_size(self.degradations, self.crop, self.scale)
+        pad = cut != self.crop
+        # a generator of its own: the split's and the shuffle buffer's draws do not depend on crops_per_tile
+        pool_rng = np.random.default_rng([self.seed, self.epoch, 3, self.rank, worker])
+        pool = CropPool(self.batch_size * self.crops_per_tile if self.crops_per_tile > 1 else 1, pool_rng)
+        tiles = itertools.count()
         while True:
-            batch = Batch(self.batch_size, self.crop, lr_crop, info is not None, self.with_keys)
+            batch = Batch(self.batch_size, cut, lr_crop, info is not None, self.with_keys)
+            tiles_in_batch: set[int] = set()
             while batch.count < batch.size:
-                index, sample = next(samples)
-                seed = sample_seed(self.seed, self.epoch, f"{sample.key}@{index}")
-                try:
-                    result = random_crop(
-                        sample.hr,
-                        sample.lr,
-                        self.crop,
-                        self.scale,
-                        np.random.default_rng([seed, 1]),
-                        self.use_hflip,
-                        self.use_rot,
-                    )
-                except Exception as exc:  # untrusted bytes: decoders raise many kinds; one image must not end a run
-                    result = "corrupt"
-                    count_skip(tally, totals, result, "skipping undecodable image %s: %s", sample.key, exc)
-                else:
-                    if isinstance(result, str):
-                        count_skip(
-                            tally,
-                            totals,
-                            result,
-                            "skipping %s: %s for a %dx%d crop",
-                            sample.key,
-                            result,
-                            self.crop,
-                            self.crop,
+                while pool.hungry:
+                    round_index, seeds, sample = next(samples)
+                    crops = self._cut(sample, seeds, cut, pad, tally, totals)
+                    tile = next(tiles)
+                    for seed, patches in zip(seeds, crops, strict=False):  # no crops: a skipped sample
+                        pool.add(Crop(tile, patches, sample.key, seed))
+                    if rounds.record(round_index, bool(crops)):
+                        raise SrclusterError(
+                            f"no usable {self.crop}x{self.crop} crop in {len(self.units)} shard(s)/image(s) "
+                            f"starting with {self.units[0].url} (skipped: {dict(totals)})"
                         )
-                    else:
-                        batch.add(result, sample.key, seed)
-                if passes.record(index, not isinstance(result, str)):
-                    raise SrclusterError(
-                        f"no usable {self.crop}x{self.crop} crop in {len(mine)} shard(s)/image(s) "
-                        f"starting with {mine[0].url} (skipped: {dict(totals)})"
-                    )
+                crop = pool.take(tiles_in_batch)
+                tiles_in_batch.add(crop.tile)
+                batch.add(crop.patches, crop.key, crop.seed)
             if self.degradations is not None:
-                batch.degrade(self.degradations, self.scale, self.degrade_in_workers)
+                batch.degrade(self.degradations, self.scale, self.crop, self.degrade_in_workers)
             yield batch.output(tally.take())
 
+    def _cut(
+        self, sample: EncodedSample, seeds: list[int], cut: int, pad: bool, tally: Tally, totals: Counter
+    ) -> list[list[np.ndarray]]:
+        """One crop per seed from one decode of `sample`, or none (counted once, as a skipped sample)."""
+        try:
+            decoded = decode_sample(sample.hr, sample.lr)
+            crops = []
+            for seed in seeds:
+                rng = np.random.default_rng([seed, 1])
+                result = crop_decoded(decoded, cut, self.scale, rng, self.use_hflip, self.use_rot, pad=pad)
+                if isinstance(result, str):  # the image's own size decides: the same for every crop of it
+                    label = f"{self.crop}x{self.crop}"
+                    count_skip(tally, totals, result, "skipping %s: %s for a %s crop", sample.key, result, label)
+                    return []
+                crops.append(result)
+        except Exception as exc:  # untrusted bytes: decoders raise many kinds; one image must not end a run
+            count_skip(tally, totals, "corrupt", "skipping undecodable image %s: %s", sample.key, exc)
+            return []
+        return crops
+
     def _samples(
-        self, units: list[Unit], rng: np.random.Generator, tally: Tally, totals: Counter, passes: Passes
-    ) -> Iterator[tuple[int, EncodedSample]]:
-        """(pass number, sample) for every sample of `units`, pass after pass, each pass in a fresh seeded order."""
-        for index in itertools.count():
-            size = 0
-            for unit in rng.permutation(len(units)):
-                for sample in read_unit(units[unit], self.paired, tally, totals):
+        self, split: Split, slot: int, rng: np.random.Generator, tally: Tally, totals: Counter, rounds: Rounds
+    ) -> Iterator[tuple[int, list[int], EncodedSample]]:
+        """(round number, one seed per crop, sample) for this slot's share of every pass, endlessly; a slot's parts of
+        a pass are read in a fresh seeded order. Rounds (`split.slots` passes: all of the data) are what `rounds`
+        keeps track of, so a slot whose share of one pass happens to be all bad does not end the stream."""
+        size = 0
+        for pass_index in itertools.count():
+            round_index, within = divmod(pass_index, split.slots)
+            parts = split.reads(slot, pass_index)
+            for part in (parts[i] for i in rng.permutation(len(parts))):
+                for position, sample in read_part(self.units[part.unit], part, self.paired, tally, totals):
                     size += 1
-                    yield index, sample
-            if size == 0:
-                raise SrclusterError(
-                    f"nothing readable in {len(units)} shard(s)/image(s) starting with "
-                    f"{units[0].url} (skipped: {dict(totals)})"
-                )
-            passes.ended(index, size)
+                    identity = f"{part.unit}/{position}/{sample.key}@{pass_index}"
+                    names = [identity] + [f"{identity}#{crop}" for crop in range(1, self.crops_per_tile)]
+                    yield round_index, [sample_seed(self.seed, self.epoch, name) for name in names], sample
+            if within == split.slots - 1:
+                if size == 0:
+                    raise SrclusterError(
+                        f"nothing readable in {len(self.units)} shard(s)/image(s) starting with "
+                        f"{self.units[0].url} (skipped: {dict(totals)})"
+                    )
+                rounds.ended(round_index, size)
+                size = 0
 
 
 def _worker_init(_: int) -> None:
@@ -314,6 +357,7 @@ def train_loader(
     scale: int = 1,
     degradations: Degradations | None = None,
     degrade_in_workers: bool = True,
+    crops_per_tile: int = 1,
 ) -> TrainStream:
     """Exactly `steps` uint8 batches of random HR crops (B, 3, crop, crop) for one rank.
 
@@ -326,9 +370,13 @@ def train_loader(
     With `degradations` whose options make LR (Real-ESRGAN's pipeline or a video codec) every batch is `(hr, lr)`, LR
     made in the workers from each sample's own seed (`degrade_in_workers`, the default), or `(hr, plan)`: the drawn
     parameters, for the training step to apply on its device (`degrade.pipeline.apply`).
+
+    With `crops_per_tile` k each decoded sample gives k crops, each with its own seed (see the module's docstring).
     """
     if crop < 1 or batch_size < 1 or steps < 0 or num_workers < 0 or seed < 0 or epoch < 0 or scale < 1:
         raise ValueError("crop, batch_size and scale must be positive; steps, num_workers, seed and epoch not negative")
+    if crops_per_tile < 1:
+        raise ValueError(f"crops_per_tile must be at least 1, not {crops_per_tile}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
     if mp_context not in ("spawn", "forkserver"):
@@ -342,13 +390,13 @@ def train_loader(
         raise ValueError(f"paired data needs a scale of 2 or more that divides the HR crop ({crop}), not {scale}")
     unpaired: Counter = Counter()
     units = resolve_units(gt, lq, scale, unpaired)
-    _, disjoint = split_units(units, rank, world_size, 0, max(1, num_workers))
+    slots = world_size * max(1, num_workers)
     warning_key = f"{gt}|{world_size}|{num_workers}"
-    if not disjoint and warning_key not in _warned:  # once per data set and layout, not once per epoch
+    if Split(units, slots, seed, epoch).by_position and warning_key not in _warned:  # once per data set and layout
         _warned.add(warning_key)
         log.warning(
-            "%d shard(s)/image(s) for %d rank(s) x %d worker(s): every rank reads all of them in its own "
-            "seeded order instead of a disjoint share",
+            "%d shard(s) without sample counts (no manifest.json) for %d rank(s) x %d worker(s): every slot streams "
+            "every shard and keeps its share of the samples; a shard set with a manifest is split without re-reading",
             len(units),
             world_size,
             max(1, num_workers),
@@ -369,6 +417,7 @@ def train_loader(
         with_keys=with_keys,
         degradations=degradations,
         degrade_in_workers=degrade_in_workers,
+        crops_per_tile=crops_per_tile,
     )
     return TrainStream(
         dataset,

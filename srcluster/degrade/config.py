@@ -32,6 +32,15 @@ def _ordered(value: tuple) -> tuple:
     return value
 
 
+def _around_one(value: tuple) -> tuple:
+    # traiNNer-redux draws beta from [low, 1] or [1, high] (even odds), and stops on a range that does not hold 1
+    if not value[0] <= 1 <= value[1]:
+        raise ValueError(
+            f"must be [low, high] with low <= 1 <= high (beta is drawn below or above 1), got {list(value)}"
+        )
+    return value
+
+
 def _odd(value: tuple[int, int]) -> tuple[int, int]:
     if value[0] % 2 == 0 or value[1] % 2 == 0:
         raise ValueError(f"kernel sizes must be odd, got {list(value)}")
@@ -44,6 +53,7 @@ Positive = Annotated[float, Field(gt=0)]
 NonNegative = Annotated[float, Field(ge=0)]
 Range = Annotated[tuple[NonNegative, NonNegative], AfterValidator(_ordered)]
 PositiveRange = Annotated[tuple[Positive, Positive], AfterValidator(_ordered)]
+BetaRange = Annotated[tuple[Positive, Positive], AfterValidator(_ordered), AfterValidator(_around_one)]
 KernelRange = Annotated[
     tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]], AfterValidator(_ordered), AfterValidator(_odd)
 ]
@@ -108,16 +118,16 @@ class Degradations(BaseModel):
     kernel_range: KernelRange = (5, 17)
     sinc_prob: Probability = 0.0
     blur_sigma: PositiveRange = (0.2, 2.0)
-    betag_range: PositiveRange = (0.5, 4.0)
-    betap_range: PositiveRange = (1.0, 2.0)
+    betag_range: BetaRange = (0.5, 4.0)
+    betap_range: BetaRange = (1.0, 2.0)
     blur_kernel_size2: Annotated[int, Field(ge=1)] = 12
     kernel_list2: list[str] = Field(default_factory=lambda: list(KERNEL_TYPES))
     kernel_prob2: Weights = Field(default_factory=lambda: list(KERNEL_PROBS))
     kernel_range2: KernelRange = (5, 17)
     sinc_prob2: Probability = 0.0
     blur_sigma2: PositiveRange = (0.2, 1.0)
-    betag_range2: PositiveRange = (0.5, 4.0)
-    betap_range2: PositiveRange = (1.0, 2.0)
+    betag_range2: BetaRange = (0.5, 4.0)
+    betap_range2: BetaRange = (1.0, 2.0)
     final_sinc_prob: Probability = 0.0
     final_kernel_range: KernelRange = (5, 17)
 
@@ -149,9 +159,9 @@ class Degradations(BaseModel):
     video_clip_motion: Annotated[int, Field(ge=0, le=16)] = 2  # max shift (LR pixels) of the earlier frames
 
     # --- srcluster: how (where is the job's `srcluster.degrade_on`: it changes speed, not what is learned) ---
-    jpeg_backend: Literal["auto", "pil", "diffjpeg"] = (
-        "auto"  # auto: libjpeg-turbo ("pil"; via OpenCV) on CPU, DiffJPEG on GPU
-    )
+    # diffjpeg: traiNNer-redux's DiffJPEG on every device (what redux trains with); libjpeg: the libjpeg-turbo codec
+    # on CPU and a batched model of it on GPUs (libjpeg_codec / libjpeg_model: one of them everywhere)
+    jpeg_backend: Literal["diffjpeg", "libjpeg", "libjpeg_codec", "libjpeg_model"] = "diffjpeg"
 
     @model_validator(mode="before")
     @classmethod

@@ -61,8 +61,22 @@ def _kernel_options(cfg: Degradations, second: bool) -> K.KernelOptions:
     )
 
 
+# traiNNer-redux's RealESRGANDataset crops gt_size + 32 pixels, degrades that and then cuts the (HR, LR) patch pair
+# from it (`paired_random_crop`), so that no patch border is a border of the degradations.
+OTF_BORDER = 32
+
+
+def crop_size(cfg: Degradations | None, gt_size: int, scale: int) -> int:
+    """The side of the HR crops to degrade for `gt_size` patches: gt_size + 32 with high-order degradations, as
+    traiNNer-redux (rounded up to a multiple of the scale: redux itself stops on a scale that does not divide it),
+    else gt_size."""
+    if cfg is None or not cfg.high_order_degradation:
+        return gt_size
+    return gt_size + -(-OTF_BORDER // scale) * scale
+
+
 def _draw_sample(rng: np.random.Generator, cfg: Degradations, scale: int, gt: int) -> dict:
-    """All of one sample's choices, in pipeline order, from its own generator."""
+    """All of one sample's choices, in pipeline order, from its own generator (`gt`: the side degraded)."""
     row: dict = {}
     if cfg.high_order_degradation:
         lo, hi = cfg.lq_usm_radius_range
@@ -116,13 +130,22 @@ def _draw_sample(rng: np.random.Generator, cfg: Degradations, scale: int, gt: in
     return row
 
 
-def draw(cfg: Degradations, seeds: Sequence[int], scale: int, gt_size: int) -> Plan:
-    """Draw every sample's degradation parameters (numpy, per-sample generators) and build its kernels (batched)."""
-    if gt_size % scale:
-        raise ValueError(f"gt_size {gt_size} is not a multiple of scale {scale}")
+def draw(cfg: Degradations, seeds: Sequence[int], scale: int, gt_size: int, crop: int | None = None) -> Plan:
+    """Draw every sample's degradation parameters (numpy, per-sample generators) and build its kernels (batched).
+
+    The plan degrades HR crops of side `crop` (default `crop_size(cfg, gt_size, scale)`, traiNNer-redux's) and then
+    cuts a `gt_size` patch pair at a random place (`pipeline.pair`)."""
+    crop = crop_size(cfg, gt_size, scale) if crop is None else crop
+    if gt_size % scale or crop % scale or crop < gt_size:
+        raise ValueError(f"gt_size {gt_size} and crop {crop} must be multiples of scale {scale}, crop >= gt_size")
     seed_array = np.asarray([int(s) for s in seeds], dtype=np.int64)
-    rows = [_draw_sample(sample_rng(int(s)), cfg, scale, gt_size) for s in seed_array]
-    n, lq = len(rows), gt_size // scale
+    rows = [_draw_sample(sample_rng(int(s)), cfg, scale, crop) for s in seed_array]
+    n, lq = len(rows), crop // scale
+    room = (crop - gt_size) // scale
+    offsets = np.zeros((n, 2), dtype=np.int64)
+    if room:  # from a stream of its own (the crop's flips use [seed, 1]), so the other choices stay as they were
+        for i, s in enumerate(seed_array):
+            offsets[i] = np.random.default_rng([int(s), 2]).integers(0, room, size=2, endpoint=True)
 
     def col(key: str, dtype=None) -> np.ndarray:
         return np.asarray([r[key] for r in rows], dtype=dtype)
@@ -164,13 +187,15 @@ def draw(cfg: Degradations, seeds: Sequence[int], scale: int, gt_size: int) -> P
     if not cfg.high_order_degradation:
         off = np.zeros(n, dtype=bool)
         none = K.KernelDraw.from_rows([K.OFF] * n)
-        keep = Resize(np.full(n, KEEP, dtype=np.int8), np.ones(n), ["keep"] * n, np.full(n, gt_size))
+        keep = Resize(np.full(n, KEEP, dtype=np.int8), np.ones(n), ["keep"] * n, np.full(n, crop))
         quiet = Noise(np.zeros(n, dtype=np.int8), np.zeros(n), off, np.zeros(n, dtype=np.int64))
         final = Resize(np.full(n, DOWN, dtype=np.int8), np.full(n, 1 / scale), ["bicubic"] * n, np.full(n, lq))
         empty = torch.zeros(n, 1, 1)
         return Plan(
             scale,
+            crop,
             gt_size,
+            offsets,
             False,
             cfg.jpeg_backend,
             seed_array,
@@ -207,7 +232,9 @@ def draw(cfg: Degradations, seeds: Sequence[int], scale: int, gt_size: int) -> P
     _lo, hi = cfg.lq_usm_radius_range
     return Plan(
         scale=scale,
+        crop_size=crop,
         gt_size=gt_size,
+        offsets=offsets,
         high_order=True,
         jpeg_backend=cfg.jpeg_backend,
         seeds=seed_array,

@@ -1,16 +1,24 @@
-"""JPEG compression: the real codec (libjpeg-turbo through OpenCV) on CPU, and a batched DiffJPEG-style model for GPUs.
+"""JPEG compression, three ways: traiNNer-redux's DiffJPEG (the default), the real codec, and a model of the codec.
 
-On CPU the codec itself is both exact and faster than simulating it (measured 1.4-3.7x against a batched torch
-DiffJPEG). On a GPU the batch stays on the device: `diff_jpeg` follows libjpeg's baseline path step by step (8-bit
-YCbCr, 4:2:0 by averaging, integer quantisation tables scaled and clamped as `jpeg_quality_scaling` does, rounding
-half away from zero, range-limited IDCT, triangular "fancy" chroma upsampling), so it lands within a few levels of
-the codec rather than being an imitation with other artifacts.
+* `diff_jpeg`: what traiNNer-redux's OTF pipeline does (its `DiffJPEG(differentiable=False)`): continuous quality
+  (the drawn float quality scales the tables, no rounding or clamping of the tables), float YCbCr without 8-bit
+  rounding, 4:2:0 by 2 x 2 averaging, nearest chroma upsampling, zero padding to 16 x 16 macroblocks, round half to
+  even, and the quantisation tables indexed transposed, as redux's are (its tables are the standard ones `.T`). About
+  0.6-1.0 dB harsher than libjpeg at the same quality. Batched torch on any device: the default in the data workers
+  and in the step (`jpeg_backend: diffjpeg`).
+* `jpeg_codec` / `jpeg_pil`: libjpeg-turbo itself through OpenCV (as BasicSR's cv2.imencode), one image at a time.
+* `libjpeg_model`: libjpeg's baseline path step by step as batched torch (8-bit YCbCr, 4:2:0 by averaging, integer
+  tables scaled and clamped as `jpeg_quality_scaling` does, rounding half away from zero, range-limited IDCT,
+  triangular "fancy" chroma upsampling): within a few levels of the codec, on the device.
+
+`jpeg_backend: libjpeg` runs the codec on CPU and its model on GPUs; `libjpeg_codec` / `libjpeg_model` force one.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -154,7 +162,7 @@ def jpeg_pil(images: torch.Tensor, qualities: Sequence[float]) -> torch.Tensor:
     return from_uint8(arrays, images)
 
 
-# --- DiffJPEG ---------------------------------------------------------------------------------------------------------
+# --- libjpeg's baseline path, batched ---------------------------------------------------------------------------------
 
 
 def quant_tables(quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,8 +221,8 @@ def _fancy_upsample(c: torch.Tensor) -> torch.Tensor:
     return axis(axis(c, 1), 2)
 
 
-def diff_jpeg(images: torch.Tensor, quality: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
-    """JPEG (baseline, 4:2:0) of (B, 3, H, W) in [0, 1] at per-sample quality (B,), on the images' device.
+def libjpeg_model(images: torch.Tensor, quality: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
+    """libjpeg's JPEG (baseline, 4:2:0) of (B, 3, H, W) in [0, 1] at per-sample quality (B,), on the images' device.
 
     With `differentiable`, rounding passes gradients straight through; otherwise it is libjpeg's rounding exactly.
     """
@@ -240,3 +248,76 @@ def diff_jpeg(images: torch.Tensor, quality: torch.Tensor, differentiable: bool 
     )
     rgb = _round(rgb, differentiable).clamp(0, 255)[..., :h, :w]
     return (rgb / 255).to(images.dtype)
+
+
+# --- traiNNer-redux's DiffJPEG ----------------------------------------------------------------------------------------
+
+
+def redux_tables(quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """traiNNer-redux's quantisation tables for a float quality per sample: (B, 8, 8) luma and chroma.
+
+    The quality is not rounded and the scaled tables are neither floored nor clamped (redux's `quality_to_factor`),
+    and redux indexes its tables transposed (vertical frequency by the standard's column); both change the artifacts,
+    so both are kept. Quality 100 gives a zero table: there the coefficients pass unquantised (redux divides by zero).
+    """
+    q = quality.view(-1, 1, 1)
+    factor = torch.where(q < 50, 5000.0 / q, 200.0 - q * 2) / 100.0
+    luma, chroma, _ = _redux_constants(quality.device, quality.dtype)
+    return luma * factor, chroma * factor
+
+
+@lru_cache(maxsize=16)
+def _redux_constants(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The transposed base tables (1, 8, 8) and the (64, 64) 2-D DCT on `device`, made once (no copy per call)."""
+
+    def table(base: list[int]) -> torch.Tensor:
+        return torch.tensor(base, dtype=dtype).view(1, 8, 8).transpose(1, 2).contiguous().to(device)
+
+    dct = _dct_matrix(torch.device("cpu"), torch.float64)
+    dct64 = torch.kron(dct, dct).to(device, dtype)  # vec(D X D^T) = (D kron D) vec(X), row-major
+    return table(_LUMA), table(_CHROMA), dct64
+
+
+def _redux_round(x: torch.Tensor, differentiable: bool) -> torch.Tensor:
+    hard = torch.round(x)  # half to even, as torch.round
+    return hard + (x - hard) ** 3 if differentiable else hard  # redux's diff_round when differentiable
+
+
+def _redux_code(plane: torch.Tensor, table: torch.Tensor, dct64: torch.Tensor, differentiable: bool) -> torch.Tensor:
+    """DCT, quantise, dequantise and inverse DCT one float plane (B, H, W) (sides multiples of 8), not rounded.
+
+    Each 8 x 8 block is a row of 64 and the 2-D DCT one (64, 64) matrix (`dct64`): one large matrix product per
+    plane, as redux's tensordot computes it, rather than many tiny ones."""
+    blocks = _blocks(plane - 128)
+    shape = blocks.shape
+    coeff = blocks.reshape(shape[0], -1, 64) @ dct64.T
+    t = table.reshape(-1, 1, 64)
+    safe = torch.where(t > 0, t, torch.ones_like(t))
+    coeff = torch.where(t > 0, _redux_round(coeff / safe, differentiable) * t, coeff)
+    return _unblocks((coeff @ dct64).view(shape)) + 128
+
+
+def diff_jpeg(images: torch.Tensor, quality: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
+    """traiNNer-redux's JPEG (its DiffJPEG as its OTF pipeline calls it) of (B, 3, H, W) at per-sample float quality
+    (B,), on the images' device; clamped to [0, 1] first, as redux's pipeline clamps before its jpeger.
+
+    With `differentiable`, rounding is redux's differentiable `round(x) + (x - round(x))**3`."""
+    _b, _, h, w = images.shape
+    dtype = torch.float32 if images.dtype in (torch.float16, torch.bfloat16) else images.dtype
+    x = images.to(dtype).clamp(0, 1) * 255
+    x = torch.nn.functional.pad(x, (0, -w % 16, 0, -h % 16))  # zeros, to whole 16 x 16 macroblocks
+    r, g, bl = x.unbind(1)
+    y = 0.299 * r + 0.587 * g + 0.114 * bl
+    cb = -0.168736 * r - 0.331264 * g + 0.5 * bl + 128
+    cr = 0.5 * r - 0.418688 * g - 0.081312 * bl + 128
+    cb, cr = (torch.nn.functional.avg_pool2d(c.unsqueeze(1), 2).squeeze(1) for c in (cb, cr))
+    luma_table, chroma_table = redux_tables(quality.to(images.device, dtype))
+    dct64 = _redux_constants(images.device, dtype)[2]
+    y = _redux_code(y, luma_table, dct64, differentiable)
+    cb, cr = (
+        _redux_code(c, chroma_table, dct64, differentiable).repeat_interleave(2, 1).repeat_interleave(2, 2)
+        for c in (cb, cr)
+    )  # nearest chroma upsampling
+    cb, cr = cb - 128, cr - 128
+    rgb = torch.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], 1)
+    return (rgb.clamp(0, 255)[..., :h, :w] / 255).to(images.dtype)

@@ -120,10 +120,9 @@ class KernelDraw:
 
 
 def _beta(rng: np.random.Generator, low: float, high: float) -> float:
-    # BasicSR: half the time below 1, half above, so both shapes sharper and flatter than a Gaussian are common.
-    if low < 1 < high:
-        return float(rng.uniform(low, 1) if rng.uniform() < 0.5 else rng.uniform(1, high))
-    return float(rng.uniform(low, high))
+    # traiNNer-redux (BasicSR): half the time from [low, 1], half from [1, high], whatever the range; so with the
+    # plateau's default [1, 2] half the kernels have beta exactly 1, and a range above 1 gives values below its start.
+    return float(rng.uniform(low, 1) if rng.uniform() < 0.5 else rng.uniform(1, high))
 
 
 def draw_blur(rng: np.random.Generator, options: KernelOptions) -> tuple:

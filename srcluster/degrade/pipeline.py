@@ -7,6 +7,10 @@ The order is traiNNer-redux's Real-ESRGAN pipeline (its `RealESRGANModel.feed_da
     either  resize to LR + [sinc] then [jpeg2]   or   [jpeg2] then resize to LR + [sinc]        (50/50 per sample)
     round to 8 bits, then srcluster's [video codec] on the LR image as a short clip
 
+As traiNNer-redux, the pipeline degrades an HR crop 32 px larger than gt_size (`crop_size`; the data workers cut it,
+padding smaller images with black at the bottom and right) and `pair` then cuts the (HR, LR) patches at a random
+place inside it, so the patch borders are not the borders of the blurs, resizes and JPEG's 8 x 8 grid.
+
 With `high_order_degradation` off the LR is the MATLAB bicubic downscale (as srcluster trains fidelity stages), then
 the video codec if one is configured.
 
@@ -16,10 +20,11 @@ does not depend on its batch, its rank or the number of workers. The steps at th
 blur) and at the LR size (sinc, final JPEG) run on the whole batch. Between the first and the final resize every
 sample has its own size: samples go through in groups of one size (a resize call per distinct size and mode, the
 other steps once per group), and every step computes each sample alone, so the same seed gives bit-identical LR
-however batches are cut. The random resizes are F.interpolate, as Real-ESRGAN's (antialiased when bilinear or bicubic
-shrink; MATLAB's Lanczos-3 for "lanczos"); the plain bicubic LR stays MATLAB's imresize. All sizes are known on the
-host from the plan, so `apply` never waits for the device (no `.item()`). The real codecs (libjpeg on CPU, video)
-code one image at a time by nature.
+however batches are cut. The random resizes are traiNNer-redux's (`resize.otf_resize`: F.interpolate, antialiased
+for bilinear and bicubic, its own Lanczos-3 for "lanczos"); the plain bicubic LR stays MATLAB's imresize. JPEG is
+redux's DiffJPEG by default (`jpeg.diff_jpeg`, batched on any device). All sizes are known on the host from the plan,
+so `apply` never waits for the device (no `.item()`). The real codecs (libjpeg when chosen, video) code one image
+at a time by nature.
 
 The plan's fields and `describe` live in `plan`, the drawing in `drawing`; this module applies a plan, and
 `Plan`, `draw` and `describe` are importable from here too.
@@ -31,16 +36,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from srcluster.degrade.drawing import draw
+from srcluster.degrade.drawing import crop_size, draw
 from srcluster.degrade.filters import blur, depthwise, reflect_pad, thicklines, usm_sharpen, usm_taps
 from srcluster.degrade.host import to_device
-from srcluster.degrade.jpeg import diff_jpeg, from_uint8, jpeg_codec, to_uint8
+from srcluster.degrade.jpeg import diff_jpeg, from_uint8, jpeg_codec, libjpeg_model, to_uint8
 from srcluster.degrade.noise import add_noise
 from srcluster.degrade.plan import Codec, Jpeg, Plan, describe
-from srcluster.degrade.resize import imresize
+from srcluster.degrade.resize import imresize, otf_resize
 from srcluster.degrade.video import encode_clip
 
-__all__ = ["Plan", "apply", "describe", "draw"]
+__all__ = ["Plan", "apply", "crop_size", "cut", "describe", "draw", "pair"]
 
 
 def _index(rows: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -48,9 +53,12 @@ def _index(rows: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def _backend(plan: Plan, device: torch.device) -> str:
-    if plan.jpeg_backend == "auto":
-        return "pil" if device.type == "cpu" else "diffjpeg"
+    if plan.jpeg_backend == "libjpeg":
+        return "libjpeg_codec" if device.type == "cpu" else "libjpeg_model"
     return plan.jpeg_backend
+
+
+JPEG_MODELS = {"diffjpeg": diff_jpeg, "libjpeg_model": libjpeg_model}  # batched on the device; else the codec
 
 
 def _jpeg(
@@ -63,8 +71,8 @@ def _jpeg(
         return z
     index = None if len(local) == len(rows) else _index(local, z.device)
     part = z if index is None else z[index]
-    if backend == "diffjpeg":
-        part = diff_jpeg(part, to_device(jpeg.quality[rows[local]], z.device, torch.float32))
+    if backend in JPEG_MODELS:
+        part = JPEG_MODELS[backend](part, to_device(jpeg.quality[rows[local]], z.device, torch.float32))
     else:
         arrays = to_uint8(part)  # one conversion for the group; the codec then codes one image at a time
         for j, b in enumerate(rows[local]):
@@ -77,18 +85,12 @@ def _jpeg(
 
 
 def _resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-    """One random resize: F.interpolate, as Real-ESRGAN resizes, but antialiased when bilinear or bicubic shrink
-    (as MATLAB's imresize and PIL do; unfiltered, a 4x shrink keeps the noise of one pixel in 16 at full strength);
-    MATLAB's Lanczos-3 for traiNNer's "lanczos" (F.interpolate has none). Clipped to [0, 1] as traiNNer clips."""
-    if mode == "keep" or (x.shape[-1] == size and mode != "lanczos"):
+    """One random resize, as traiNNer-redux's `resize_pt` (see `resize.otf_resize`); "keep" is no resize at all."""
+    if mode == "keep":
         return x
-    if mode == "lanczos":
-        out = imresize(x, size=(size, size), kernel="lanczos3")
-    elif mode in ("bilinear", "bicubic"):
-        out = F.interpolate(x, size=(size, size), mode=mode, align_corners=False, antialias=size < x.shape[-1])
-    else:  # area, nearest-exact
-        out = F.interpolate(x, size=(size, size), mode=mode)
-    return out.clamp_(0, 1)
+    if x.shape[-1] == size:
+        return x.clamp(0, 1)  # every mode is the identity at the same size, but redux still clips
+    return otf_resize(x, (size, size), mode)
 
 
 Piece = tuple[np.ndarray, torch.Tensor]  # samples (plan rows) and their images, all of one size
@@ -110,16 +112,35 @@ def _resize_pieces(pieces: list[Piece], sizes: np.ndarray, modes: list[str]) -> 
     ]
 
 
+def pair(hr: torch.Tensor, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training pair, as traiNNer-redux makes it: the whole HR crop (B, 3, crop, crop) degraded (`apply`), then
+    the (HR, LR) patches of gt_size and gt_size / scale cut at each sample's `offsets` (its `paired_random_crop`).
+    HR keeps its dtype (uint8 from the data workers stays uint8); LR is float in [0, 1]."""
+    return cut(hr, plan.offsets * plan.scale, plan.gt_size), cut(apply(hr, plan), plan.offsets, plan.lq_size)
+
+
+def cut(x: torch.Tensor, corners: np.ndarray, side: int) -> torch.Tensor:
+    """The side x side window of each image of x (B, C, H, W) at its (top, left) corner, in one gather."""
+    if side == x.shape[-1] == x.shape[-2]:
+        return x
+    steps = np.arange(side)
+    rows, cols = corners[:, :1] + steps, corners[:, 1:] + steps  # (B, side) each
+    b = _index(np.arange(len(x)), x.device).view(-1, 1, 1)
+    window = x[b, :, _index(rows, x.device)[:, :, None], _index(cols, x.device)[:, None, :]]  # (B, side, side, C)
+    return window.permute(0, 3, 1, 2).contiguous()
+
+
 def apply(hr: torch.Tensor, plan: Plan) -> torch.Tensor:
-    """LR (B, 3, gt/scale, gt/scale) float in [0, 1] on hr's device, from hr (B, 3, gt, gt) float in [0, 1] (uint8
-    is accepted too). Real JPEG and video codecs run on the CPU; everything else where hr is."""
+    """LR (B, 3, crop/scale, crop/scale) float in [0, 1] on hr's device, from hr (B, 3, crop, crop) float in [0, 1]
+    (uint8 is accepted too): the whole crop, before `pair` cuts the patches. Real JPEG and video codecs run on the
+    CPU; everything else where hr is."""
     if hr.dtype == torch.uint8:
         hr = hr.float().div_(255)
-    if hr.shape[0] != len(plan) or tuple(hr.shape[-2:]) != (plan.gt_size, plan.gt_size):
-        raise ValueError(f"plan is for {len(plan)} x {plan.gt_size}x{plan.gt_size} crops, got {tuple(hr.shape)}")
+    if hr.shape[0] != len(plan) or tuple(hr.shape[-2:]) != (plan.crop_size, plan.crop_size):
+        raise ValueError(f"plan is for {len(plan)} x {plan.crop_size}x{plan.crop_size} crops, got {tuple(hr.shape)}")
     if not plan.high_order:
         return _codec(imresize(hr, 1 / plan.scale, kernel="bicubic").clamp_(0, 1), plan.codec)
-    device, lq, everyone = hr.device, plan.lq_size, np.arange(len(plan))
+    device, lq, everyone = hr.device, plan.crop_lq, np.arange(len(plan))
     backend = _backend(plan, device)
     x = _first_at_hr(hr, plan)
     if x is hr:  # the steps below work in place, and hr is the caller's

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 
 from srcluster.degrade import kernels as K
-from srcluster.degrade.jpeg import pil_quality
 from srcluster.degrade.noise import Noise
 from srcluster.degrade.video import CODECS
 
@@ -36,7 +35,7 @@ class Jpeg:
     quality: np.ndarray
 
     def describe(self, i: int, name: str) -> str | None:
-        return f"{name} q{pil_quality(self.quality[i])}" if self.on[i] else None
+        return f"{name} q{self.quality[i]:.1f}" if self.on[i] else None
 
 
 @dataclass
@@ -65,7 +64,9 @@ class Plan:
     """Every random choice for a batch, per sample; numpy arrays and CPU tensors, so it pickles from data workers."""
 
     scale: int
-    gt_size: int
+    crop_size: int  # side of the HR crops the pipeline degrades (traiNNer-redux: gt_size + 32 with high-order OTF)
+    gt_size: int  # side of the HR patch trained on, cut with its LR from the degraded pair (`offsets`)
+    offsets: np.ndarray  # (B, 2) top, left of each sample's LR patch in the degraded crop's LR
     high_order: bool
     jpeg_backend: str
     seeds: np.ndarray
@@ -95,7 +96,13 @@ class Plan:
         return len(self.seeds)
 
     @property
+    def crop_lq(self) -> int:
+        """Side of the LR the pipeline makes (from the whole degraded crop)."""
+        return self.crop_size // self.scale
+
+    @property
     def lq_size(self) -> int:
+        """Side of the LR patch trained on."""
         return self.gt_size // self.scale
 
 
@@ -105,7 +112,7 @@ def describe(plan: Plan, i: int) -> list[str]:
     if not plan.high_order:
         steps = [f"bicubic x1/{plan.scale}"]
     else:
-        final = [f"resize {plan.resize3.mode[i]} -> {plan.lq_size}px"]
+        final = [f"resize {plan.resize3.mode[i]} -> {plan.crop_lq}px"]
         if plan.sinc[i]:
             final.append(plan.kernel3.describe(i))
         jpeg2 = plan.jpeg2.describe(i, "jpeg2")
@@ -123,4 +130,7 @@ def describe(plan: Plan, i: int) -> list[str]:
             *final,
         ]
     steps.append(plan.codec.describe(i))
+    if plan.crop_size != plan.gt_size:
+        top, left = (int(v) * plan.scale for v in plan.offsets[i])
+        steps.append(f"crop {plan.gt_size}px at ({top}, {left})")
     return [s for s in steps if s]

@@ -1,4 +1,4 @@
-"""MATLAB-compatible ``imresize`` as batched torch ops.
+"""MATLAB-compatible ``imresize`` as batched torch ops, and traiNNer-redux's OTF resize (``otf_resize``, at the end).
 
 SR benchmarks (Set5, Set14, DIV2K ...) make their LR inputs with MATLAB's ``imresize(hr, 1/s, 'bicubic')``,
 and the published "bicubic" baselines upscale with the same function. torch's ``F.interpolate`` differs from
@@ -27,8 +27,9 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-__all__ = ["KERNELS", "ResizeKernel", "bicubic_downscale", "contributions", "imresize"]
+__all__ = ["KERNELS", "OTF_MODES", "ResizeKernel", "bicubic_downscale", "contributions", "imresize", "otf_resize"]
 
 KernelFn = Callable[[np.ndarray], np.ndarray]
 
@@ -249,3 +250,57 @@ def contributions(
     weights.setflags(write=False)
     indices.setflags(write=False)
     return weights, indices
+
+
+# --- traiNNer-redux's OTF resize (its `resize_pt`) ------------------------------------------------------------------
+
+OTF_MODES = ("area", "bicubic", "bilinear", "lanczos", "nearest-exact")
+
+
+def _redux_lanczos_taps(ratio: float, a: int = 3) -> torch.Tensor:
+    """traiNNer-redux's Lanczos low-pass for a shrink by `ratio` (out / in): Lanczos-a sampled every `ratio` input
+    pixels (positions summed step by step in float64 and stored as float32, as its `_ramp` does), ends dropped,
+    normalised to sum 1."""
+    n = math.ceil(a / ratio + 1)
+    steps = np.concatenate([[0.0], np.cumsum(np.full(n - 1, ratio))]).astype(np.float32)
+    x = torch.from_numpy(np.concatenate([-steps[1:][::-1], steps])[1:-1].copy())
+
+    def sinc(t: torch.Tensor) -> torch.Tensor:
+        return torch.where(t != 0, torch.sin(math.pi * t) / (math.pi * t), torch.ones_like(t))
+
+    taps = torch.where((x > -a) & (x < a), sinc(x) * sinc(x / a), torch.zeros_like(x))
+    return taps / taps.sum()
+
+
+def _redux_lanczos(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Lanczos-3 as traiNNer-redux resamples: each shrinking axis low-passed by `_redux_lanczos_taps` (mirrored
+    borders), then bicubic interpolation (a = -0.75, not antialiased) to the size."""
+    n, c, h, w = x.shape
+    y = x.reshape(n * c, 1, h, w)
+    for axis, (out_len, in_len) in enumerate(zip(size, (h, w), strict=True)):
+        if out_len >= in_len:
+            continue
+        taps = _redux_lanczos_taps(out_len / in_len).to(x.device, x.dtype)
+        pad = (taps.shape[0] - 1) // 2
+        if axis == 0:
+            y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), taps.view(1, 1, -1, 1))
+        else:
+            y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), taps.view(1, 1, 1, -1))
+    return F.interpolate(y.view(n, c, h, w), size, mode="bicubic", align_corners=False)
+
+
+def otf_resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """One resize of traiNNer-redux's OTF pipeline (its `resize_pt`), clipped to [0, 1] as it clips.
+
+    bilinear and bicubic are F.interpolate antialiased in both directions (PIL's filters: bicubic a = -0.5),
+    area and nearest-exact plain F.interpolate, lanczos redux's own Lanczos-3 low-pass + bicubic. (The fidelity
+    stages' bicubic LR is MATLAB's `imresize` above; redux's paired data is made with it too.)"""
+    if mode == "lanczos":
+        out = _redux_lanczos(x, size)
+    elif mode in ("bilinear", "bicubic"):
+        out = F.interpolate(x, size=size, mode=mode, antialias=True)
+    elif mode in ("area", "nearest-exact"):
+        out = F.interpolate(x, size=size, mode=mode)
+    else:
+        raise ValueError(f"unknown resize mode {mode!r}; allowed: {', '.join(OTF_MODES)}")
+    return out.clamp(0, 1)

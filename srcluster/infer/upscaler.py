@@ -3,27 +3,35 @@ overlapping tiles on any device (bf16 autocast on CUDA where the architecture su
 
 Validation, `srcluster evaluate`, `srcluster upscale`, the pipeline report and the registered pyfunc model all upscale
 through here. spandrel recognises the architecture from the weights; when it cannot, the arch name, options and scale
-recorded in the registry build it. `tiled_upscale` keeps large images (DAT/HAT validation sets, 4K photos) in memory.
+that srcluster's export wrote in the safetensors header (`weights.generator_metadata`), or that the registry recorded,
+build it. `tiled_upscale` keeps large images (DAT/HAT validation sets, 4K photos) in memory,
+in one of two tilings (`Tiling`): srcluster's context tiles (`upscale`, `evaluate`, `compare`) or traiNNer-redux's
+blended tiles (validation, so its numbers are redux's).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
 
 from srcluster.components.archs import build_generator
-from srcluster.components.weights import read_state_dict
+from srcluster.components.weights import read_generator_metadata, read_state_dict
 from srcluster.degrade.resize import imresize
 from srcluster.errors import SrclusterError
 from srcluster.storage import StorageSettings
 from srcluster.tracking.models import is_model_uri, resolve_model_uri
 
 Network = Callable[[torch.Tensor], torch.Tensor]  # float (B, C, h, w) in [0, 1] -> (B, C, h*s, w*s)
+
+# "context": each tile runs with `overlap` pixels of the image around it and keeps only its own part (exact for a
+# receptive field within the overlap). "redux": traiNNer-redux's validation tiling (reflection padding, tiles at a
+# stride of tile - overlap blended with tent weights), so tiled validation scores equal redux's.
+Tiling = Literal["context", "redux"]  # the schema's srcluster.val_tiling
 
 
 @dataclass
@@ -69,6 +77,8 @@ def load_upscaler(
         return Upscaler(model.eval(), model.scale, model.architecture.name, device, model.supports_bfloat16)
     if model is not None:
         raise SrclusterError(f"model {source} is a {model.architecture.name} model, not an image-to-image one")
+    if (arch is None or scale is None) and (recorded := read_generator_metadata(path, settings)):
+        arch, scale, options = recorded  # an srcluster export of a family spandrel does not know
     if arch is None or scale is None:
         raise SrclusterError(
             f"model {source}: spandrel does not recognise its architecture (a registry model, "
@@ -85,12 +95,14 @@ def load_upscaler(
     return Upscaler(lambda x: net(x).clamp_(0, 1), scale, arch, device)
 
 
-def upscale_tensor(model: Upscaler, lr: torch.Tensor, tile: int = 512, overlap: int = 32) -> torch.Tensor:
+def upscale_tensor(
+    model: Upscaler, lr: torch.Tensor, tile: int = 512, overlap: int = 32, tiling: Tiling = "context"
+) -> torch.Tensor:
     """float (B, 3, h, w) in [0, 1] on any device -> float32 (B, 3, h*s, w*s) on the model's device."""
     lr = lr.to(model.device, torch.float32)
     autocast = model.device.type == "cuda" and model.bf16
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-        return tiled_upscale(model, lr, model.scale, tile, overlap).float().clamp_(0, 1)
+        return tiled_upscale(model, lr, model.scale, tile, overlap, tiling).float().clamp_(0, 1)
 
 
 def upscale_array(model: Upscaler, rgb: np.ndarray, tile: int = 512, overlap: int = 32) -> np.ndarray:
@@ -100,17 +112,28 @@ def upscale_array(model: Upscaler, rgb: np.ndarray, tile: int = 512, overlap: in
     return sr[0].mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def tiled_upscale(net: Network, lr: torch.Tensor, scale: int, tile: int, overlap: int = 8) -> torch.Tensor:
-    """Upscale `lr` (B, C, h, w) tile by tile: each `tile` x `tile` block is run with `overlap` pixels of the image
-    around it as context, and only the block's own part of the output is kept (no blending).
-
-    Output pixels near a tile edge then see the same input as in one whole-image pass, so a model whose receptive
-    field reaches at most `overlap` LR pixels gives the untiled result exactly; for larger receptive fields the
-    difference shrinks as the overlap grows. `tile <= 0`, or an image no larger than one tile, runs in one pass.
-    """
+def tiled_upscale(
+    net: Network, lr: torch.Tensor, scale: int, tile: int, overlap: int = 8, tiling: Tiling = "context"
+) -> torch.Tensor:
+    """Upscale `lr` (B, C, h, w) on `tile` x `tile` blocks in the given tiling (see `Tiling`); `tile <= 0`, or an
+    image no larger than one tile, runs in one pass in both."""
     h, w = lr.shape[-2:]
     if tile <= 0 or (h <= tile and w <= tile):
         return net(lr)
+    if tiling == "redux":
+        return blended_upscale(net, lr, scale, tile, overlap)
+    return context_upscale(net, lr, scale, tile, overlap)
+
+
+def context_upscale(net: Network, lr: torch.Tensor, scale: int, tile: int, overlap: int) -> torch.Tensor:
+    """Each `tile` x `tile` block is run with `overlap` pixels of the image around it as context, and only the block's
+    own part of the output is kept (no blending).
+
+    Output pixels near a tile edge then see the same input as in one whole-image pass, so a model whose receptive
+    field reaches at most `overlap` LR pixels gives the untiled result exactly; for larger receptive fields the
+    difference shrinks as the overlap grows.
+    """
+    h, w = lr.shape[-2:]
     out: torch.Tensor | None = None
     for top in range(0, h, tile):
         for left in range(0, w, tile):
@@ -125,6 +148,52 @@ def tiled_upscale(net: Network, lr: torch.Tensor, scale: int, tile: int, overlap
             ]
     assert out is not None
     return out
+
+
+def blended_upscale(net: Network, lr: torch.Tensor, scale: int, tile: int, overlap: int) -> torch.Tensor:
+    """traiNNer-redux's validation tiling (its `infer_tiled`), for an image larger than one tile.
+
+    A side longer than `tile` is reflection-padded at its end to a multiple of `tile`; tiles start every
+    `tile - overlap` pixels, a tile cut short by the padded edge is reflection-padded back towards `tile` (by at most
+    its size - 1), and each tile's output is weighted by a tent that peaks at the tile's centre and is 0 on its first
+    and last output rows and columns. The blend is the weighted sum over the weight sum, in float32. As in redux,
+    output pixels that only tile borders cover (the image's first row and column, the seams when `overlap` is 0) get
+    weight 0 and come out black.
+    """
+    if not 0 <= overlap < tile:
+        raise ValueError(f"tile overlap {overlap} must be at least 0 and smaller than the tile size {tile}")
+    h, w = lr.shape[-2:]
+    padded = torch.nn.functional.pad(lr, (0, -w % tile if w > tile else 0, 0, -h % tile if h > tile else 0), "reflect")
+    padded_h, padded_w = padded.shape[-2:]
+    weight = tent_weight(tile * scale, lr.device)
+    out = torch.zeros(*lr.shape[:-2], padded_h * scale, padded_w * scale, device=lr.device)
+    weight_sum = torch.zeros_like(out)
+    for top in tile_starts(padded_h, tile, overlap):
+        for left in tile_starts(padded_w, tile, overlap):
+            patch = padded[..., top : top + tile, left : left + tile]
+            patch_h, patch_w = patch.shape[-2:]
+            if patch_h < tile or patch_w < tile:
+                short_h, short_w = tile - patch_h, tile - patch_w
+                patch = torch.nn.functional.pad(
+                    patch, (0, min(short_w, patch_w - 1), 0, min(short_h, patch_h - 1)), "reflect"
+                )
+            region = (..., slice(top * scale, (top + patch_h) * scale), slice(left * scale, (left + patch_w) * scale))
+            tile_weight = weight[: patch_h * scale, : patch_w * scale]
+            out[region] += net(patch)[..., : patch_h * scale, : patch_w * scale] * tile_weight
+            weight_sum[region] += tile_weight
+    return (out / weight_sum.clamp(min=1e-6))[..., : h * scale, : w * scale]
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> range:
+    """Where redux's tiles start along a (padded) side: every `tile - overlap` pixels, at least one tile."""
+    stride = tile - overlap
+    return range(0, max(1, (size - overlap + stride - 1) // stride) * stride, stride)
+
+
+def tent_weight(size: int, device: torch.device) -> torch.Tensor:
+    """(size, size) blending weights: 1 - |2t - 1| along each axis for t evenly spaced over [0, 1], multiplied."""
+    ramp = 1 - (torch.linspace(0, 1, size, device=device) - 0.5).abs() * 2
+    return torch.outer(ramp, ramp)
 
 
 def load_model(source: str, scale: int, device: torch.device):

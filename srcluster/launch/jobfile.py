@@ -26,6 +26,10 @@ class JobFile:
     jobs: list[Job]  # one per stage
     text: str
 
+    def training_env(self) -> dict[str, str]:
+        """Every stage's `srcluster.env` (NCCL settings, ...), for the launchers to export on the cluster's nodes."""
+        return {name: value for job in self.jobs for name, value in job.srcluster.env.items()}
+
     def local_refs(self) -> list[tuple[str, str]]:
         """(key, path) of every local file or folder the stages read: datasets, pretrained weights, resume states."""
         refs: list[tuple[str, str]] = []
@@ -35,10 +39,9 @@ class JobFile:
                 "path.pretrain_network_d": job.path.pretrain_network_d,
                 "path.resume_state": job.path.resume_state,
             }
-            for split in ("train", "val"):
-                dataset = getattr(job.datasets, split)
+            for split, dataset in {"train": job.datasets.train, **job.datasets.validation_sets}.items():
                 for key in ("dataroot_gt", "dataroot_lq"):
-                    value = getattr(dataset, key, None) if dataset is not None else None
+                    value = getattr(dataset, key, None)
                     for i, url in enumerate([value] if isinstance(value, str) else value or []):
                         named[f"datasets.{split}.{key}" + (f"[{i}]" if isinstance(value, list) else "")] = url
             for key, value in named.items():
@@ -47,6 +50,8 @@ class JobFile:
                 local = value.removeprefix("file://")
                 if (key, local) not in refs:
                     refs.append((key, local))
+            if job.path.resume_state and "://" not in job.path.resume_state:
+                refs += [("path.resume_state", str(f)) for f in redux_networks(job.path.resume_state)]
         return refs
 
     def relative_files(self, base: Path | None = None) -> list[Path]:
@@ -99,6 +104,16 @@ def load(path: str | Path) -> JobFile:
         return JobFile(path, "pipeline", recipe.name, jobs, text)
     job = parse_job(data, str(path))
     return JobFile(path, "train", job.name, [job], text)
+
+
+def redux_networks(state: str) -> list[Path]:
+    """The network files traiNNer-redux saved beside a local `.state` (`../models/[resume_models/]net_*_<iter>.*`),
+    which `path.resume_state` reads with it (train/resume.py): they travel with the job too."""
+    path = Path(state)
+    if path.suffix != ".state":
+        return []
+    models = path.parent.parent / "models"
+    return sorted(f for f in models.glob(f"**/net_*_{path.stem}.*") if f.is_file())
 
 
 def relative_to_cwd(path: Path) -> Path:

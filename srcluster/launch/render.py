@@ -19,14 +19,15 @@ from urllib.parse import urlparse
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from srcluster import __version__
+from srcluster.config import Job
 from srcluster.errors import SrclusterError
 from srcluster.launch.jobfile import JobFile, load
 from srcluster.launch.submit import job_env
 from srcluster.storage import StorageSettings
+from srcluster.train.specs import crops_to_fit, size_data
 
 JOB_DIR = "/srcluster/job"  # where the ConfigMap with the job file is mounted in the pods
 HEREDOC_END = "SRCLUSTER_JOB_FILE"
-LOCAL_ONLY = ("SRCLUSTER_HOME", "AWS_SHARED_CREDENTIALS_FILE", "AWS_PROFILE")  # paths on this machine: not for pods
 
 
 def environment() -> Environment:
@@ -89,7 +90,39 @@ def fit(jobfile: JobFile, *, hosts: int, gpus: float, cpus: float | None, host: 
             warnings.append(f"{where}: room for {capacity} of up to {high} elastic workers")
         if gpus > 0 and not c.use_gpu:
             warnings.append(f"{where}: GPUs were asked for but srcluster.use_gpu is false: the stage trains on CPUs")
+        warnings += data_fit(job, where, gpus=gpus, cpus=cpus, host=host, flag=flag)
     return warnings
+
+
+def data_fit(job: Job, where: str, *, gpus: float, cpus: float | None, host: str, flag: str) -> list[str]:
+    """A warning when a GPU worker has fewer CPUs than its data path needs to keep the GPU busy (`size_data`): the
+    loader cores for the architecture's step rate plus one for the step, or when its loader workers are fewer."""
+    sizing, c = size_data(job), job.srcluster
+    if sizing.cpus_needed is None or sizing.cores is None or sizing.needed is None:
+        return []  # training on CPUs, or an architecture whose step rate is not known
+    numbers = (
+        f"{sizing.arch} trains ~{sizing.needed:.0f} samples/s per GPU and {sizing.path} data at crops_per_tile "
+        f"{sizing.crops_per_tile} makes ~{sizing.per_core:.0f} per core"
+    )
+    if c.cpus_per_worker < sizing.cpus_needed:
+        per_gpu = f"; a {host} has {cpus * c.gpus_per_worker / gpus:g} per GPU" if cpus is not None and gpus else ""
+        enough = crops_to_fit(job, math.floor(c.cpus_per_worker) - 1)
+        fix = f"srcluster.crops_per_tile {enough} would fit, or " if enough else "raise srcluster.crops_per_tile or "
+        if sizing.path == "otf-workers":  # degrading costs ~10x a decode: more crops per tile barely help there
+            fix = "set srcluster.degrade_on: device (the GPU applies the degradations), " + fix
+        short = (
+            f"{where}: the data path needs {sizing.cpus_needed} CPUs per GPU ({numbers}: {sizing.cores} loader cores "
+            f"+ 1 for the step) but a worker has {c.cpus_per_worker:g} (srcluster.cpus_per_worker{per_gpu}); "
+            f"{fix}give it more CPUs (srcluster.cpus_per_worker, --cpus-per-{flag})"
+        )
+        return [short]
+    if sizing.workers < sizing.cores:
+        few = (
+            f"{where}: {sizing.workers} loader workers ({sizing.source}) but the data path needs {sizing.cores} "
+            f"({numbers}); set srcluster.loader_workers: auto, or raise srcluster.crops_per_tile"
+        )
+        return [few]
+    return []
 
 
 def shipped_text(jobfile: JobFile) -> str:
@@ -118,8 +151,9 @@ class SlurmOptions:
     account: str | None = None
     output: str = "srcluster-%x-%j.out"
     setup: str | None = None  # shell lines run first: `module load ...`, `source venv/bin/activate`
-    ray_port: int = 6379
-    dashboard_port: int = 8265
+    # None: ports from a block chosen by the Slurm job id, and a Ray temp dir of the job's own
+    ray_port: int | None = None
+    dashboard_port: int | None = None
     ray_args: str = ""  # more `ray start` arguments for every node (ports, --temp-dir, --object-store-memory)
     join_timeout: int = 300
     env: dict[str, str] = field(default_factory=dict)
@@ -136,6 +170,7 @@ def render_slurm(path: str | Path, opts: SlurmOptions) -> tuple[str, list[str]]:
     for name in ("partition", "time", "account", "output"):
         one_line(name, getattr(opts, name))
     env = {k: v for k, v in job_env(StorageSettings.resolve(), opts.env).items() if k != "RAY_OVERRIDE_JOB_RUNTIME_ENV"}
+    env.update(jobfile.training_env())
     text = (
         environment()
         .get_template("slurm.sbatch.j2")
@@ -182,7 +217,8 @@ class K8sOptions:
     head_cpus: int = 4
     head_memory: str = "16Gi"
     shm_size: str = "8Gi"
-    ttl: int = 600  # seconds the finished RayJob's record stays (its cluster is deleted at once)
+    # seconds after the job ends before KubeRay deletes its RayCluster (shutdownAfterJobFinishes); GPUs idle that long
+    ttl: int = 60
     deadline: int | None = None  # activeDeadlineSeconds
     env: dict[str, str] = field(default_factory=dict)
     fresh: bool = False
@@ -231,11 +267,8 @@ def render_k8s(path: str | Path, opts: K8sOptions) -> tuple[str, list[str]]:
                 f"{jobfile.path}: {key} names the local path {value}, which pods cannot see; use "
                 "s3:// or an absolute path inside the image or a mounted volume"
             )
-    env = {
-        k: v
-        for k, v in job_env(StorageSettings.resolve()).items()
-        if k not in LOCAL_ONLY and k != "RAY_OVERRIDE_JOB_RUNTIME_ENV"
-    }
+    env = {k: v for k, v in job_env(StorageSettings.resolve()).items() if k != "RAY_OVERRIDE_JOB_RUNTIME_ENV"}
+    env.update(jobfile.training_env())
     env.update(opts.env)
     for key in ("AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI"):
         host = urlparse(env.get(key, "")).hostname or ""

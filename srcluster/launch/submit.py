@@ -23,16 +23,15 @@ from typing import TextIO
 from unittest import mock
 
 from srcluster import __version__
+from srcluster.envnames import LOCAL_ONLY, SECRET_NAME, VALID_NAME
 from srcluster.errors import SrclusterError
 from srcluster.launch.jobfile import JobFile, load, relative_to_cwd
 from srcluster.storage import StorageSettings, redact_url
 from srcluster.tracking.tracker import resolve_tracking_uri
-from srcluster.train.stage import worker_env
+from srcluster.train.stage import ON_CLUSTER_ENV, worker_env
 
 # Ray's GCS holds a job's packaged working folder (its own cap is 500 MiB); data belongs in object storage.
 WORKING_DIR_LIMIT = 100 << 20
-# Names that hold secrets: refused by --env, whose values end up in the job spec any cluster user can read.
-SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|SESSION_KEY|PRIVATE|CREDENTIAL|ACCESS_KEY_ID", re.IGNORECASE)
 
 
 def resolve_address(explicit: str | None) -> str:
@@ -79,7 +78,7 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     env: dict[str, str] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        if not sep or not VALID_NAME.fullmatch(name):
             raise SrclusterError(f"--env {pair!r}: expected NAME=VALUE")
         if SECRET_NAME.search(name):
             raise SrclusterError(
@@ -92,13 +91,15 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
 
 def job_env(settings: StorageSettings, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The endpoints a job's driver on a cluster needs, without secrets: the workers' environment (storage's
-    public_env() and the MLflow tracking URI), plus `extra`."""
+    public_env() and the MLflow tracking URI) less what names this machine (`LOCAL_ONLY`: its srcluster home, AWS
+    profile and credentials file, which the cluster's nodes resolve for themselves), plus `extra`."""
     uri = resolve_tracking_uri()
     remote = "://" in uri and not uri.startswith(("sqlite:", "file:"))  # a local store means nothing elsewhere
-    env = worker_env(settings, uri if remote else None)
+    env = {k: v for k, v in worker_env(settings, uri if remote else None).items() if k not in LOCAL_ONLY}
     # The stage's driver calls ray.init(runtime_env={"env_vars": ...}) with these same names; Ray refuses to merge
     # a driver's env_vars with the job's when names repeat unless told the driver's may override them.
     env["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
+    env[ON_CLUSTER_ENV] = "1"  # cluster defaults (train/stage.py: max_failures)
     env.update(extra or {})
     for name, value in env.items():
         if redact_url(value) != value:

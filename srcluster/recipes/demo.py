@@ -13,13 +13,29 @@ from rich.console import Console
 from rich.table import Table
 
 from srcluster import home, stack
+from srcluster.components import hub
 from srcluster.config import read_yaml
 from srcluster.data.sample import build_sample_dataset
 from srcluster.errors import SrclusterError
-from srcluster.recipes.pipeline import parse_recipe, run_recipe
+from srcluster.recipes.pipeline import Recipe, latest_page, parse_recipe, run_recipe
 from srcluster.tracking.tracker import Tracker
 
 DEMO_RECIPE = resources.files("srcluster") / "recipes" / "demo.yml"
+
+
+def drop_perceptual_without_vgg19(recipe: Recipe) -> str | None:
+    """The GAN stage runs the guideline's losses when VGG19 weights are here, staged or downloadable (this finds or
+    fetches them once, for every stage and worker on this machine). Otherwise it runs without perceptualloss, and the
+    line returned says so and why."""
+    train = recipe.stages["gan_4x"]["train"]
+    if not any(loss["type"] == "perceptualloss" for loss in train["losses"]):
+        return None
+    try:
+        hub.locate("vgg19")
+    except SrclusterError as exc:
+        train["losses"] = [loss for loss in train["losses"] if loss["type"] != "perceptualloss"]
+        return f"gan_4x runs without perceptualloss: {exc}"
+    return None
 
 
 def run_demo(console: Console | None = None) -> list:
@@ -32,6 +48,9 @@ def run_demo(console: Console | None = None) -> list:
         console.print(f"  {service.name:7s} {service.url}")
 
     recipe = parse_recipe(read_yaml(str(DEMO_RECIPE)), "demo.yml (embedded)")
+    dropped = drop_perceptual_without_vgg19(recipe)
+    if dropped:
+        console.print(dropped, highlight=False, soft_wrap=True)
     datasets = recipe.job("fidelity_2x").datasets
     train_url = datasets.train.dataroot_gt
     val_url = datasets.val.dataroot_gt if datasets.val is not None else None
@@ -69,4 +88,7 @@ def run_demo(console: Console | None = None) -> list:
     console.print(f"MLflow UI: {stack.mlflow_url()}  (experiment '{recipe.name}')")
     for image in images:
         console.print(f"comparison (bicubic | model | HR): {image}")
+    page = latest_page(recipe.name)
+    if page is not None:
+        console.print(f"comparison page (every stage, bicubic, HR; slider and zoom): {page.as_uri()}", soft_wrap=True)
     return summaries

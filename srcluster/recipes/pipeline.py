@@ -12,13 +12,14 @@ top (deep merge; lists are replaced), so every rule can be overridden per stage.
                  LR by Real-ESRGAN's second-order degradations (high_order_degradation: true, with traiNNer-redux's
                  defaults for every degradation key the recipe does not set),
                  a U-Net discriminator, MS-SSIM + perceptual + HSLuv + GAN losses with traiNNer-redux's template
-                 weights (the perceptual loss reads VGG19 weights from local disk; a recipe without them overrides
-                 `train.losses` for this stage, as the demo does)
+                 weights (the perceptual loss finds VGG19's weights as components/hub.py says: a path, the hub
+                 cache, staged object storage, or a download; the demo drops it, and says so, where none works)
 
 Chaining goes through the MLflow model registry: after each stage its best generator is registered as
-`<recipe>-<stage>` (srcluster/models.py) and the next stage's `pretrain_network_g` is that `models:/<name>/<version>`,
-so every model version's tags (pretrain model and run, data manifest and sha256, recipe hash, version, commit, Ray job)
-lead back to the data (`srcluster lineage`). `plan()` shows the derived jobs without running anything.
+`<recipe>-<stage>` (srcluster/tracking/models.py) and the next stage's `pretrain_network_g` is that
+`models:/<name>/<version>`, so every model version's tags (pretrain model and run, data manifest and sha256, recipe
+hash, version, commit, Ray job) lead back to the data (`srcluster lineage`). `plan()` shows the derived jobs without
+running anything.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from typing import Any, cast
 
 import yaml
 
+from srcluster import home
 from srcluster.config import ConfigError, Job, flatten, parse_job, read_yaml
+from srcluster.console import say
 from srcluster.data.shards import is_shard_pattern, manifest_url
 from srcluster.degrade.config import DATASET_KEYS, split_degradation_keys
 from srcluster.errors import SrclusterError
@@ -313,20 +316,32 @@ def register_stage(
     )
 
 
-def _report(tracker, recipe: Recipe, parent: str, results, log) -> None:
-    """The comparison image; every stage is trained and registered by now, so a failure here only costs the picture."""
-    from srcluster.recipes.report import write_report  # imports torch; `srcluster pipeline --plan` needs none
+def _report(tracker, recipe: Recipe, parent: str, results, log, settings: StorageSettings) -> Path | None:
+    """The comparison page and image; every stage is trained and registered by now, so a failure here only costs
+    them. Returns the page's path."""
+    from srcluster.recipes.report import PAGE_FOLDER, write_page, write_report  # torch: `--plan` needs none
 
+    page = None
     try:
+        page = write_page(tracker, recipe.name, parent, results, settings)
         path = write_report(tracker, recipe.name, parent, results)
     except (SrclusterError, OSError, RuntimeError) as exc:
         log(f"report: not written ({exc.__class__.__name__}: {exc})")
-        return
+        return page
+    if page:
+        log(f"comparison page: {page} (MLflow: {tracker.artifact_url(parent, f'{PAGE_FOLDER}/{page.name}')})")
     log(f"report: {path}" if path else "report: skipped (the recipe has no validation dataset)")
+    return page
+
+
+def latest_page(recipe_name: str) -> Path | None:
+    """The newest comparison page a run of `recipe_name` wrote on this machine (`recipes/report.py: write_page`)."""
+    pages = sorted((home.home() / "reports").glob(f"{recipe_name}-*.html"), key=lambda p: p.stat().st_mtime)
+    return pages[-1] if pages else None
 
 
 def run_recipe(
-    recipe: Recipe, *, on_stage_done=None, fresh: bool = False, report: bool = True, log=print
+    recipe: Recipe, *, on_stage_done=None, fresh: bool = False, report: bool = True, log=say
 ) -> list[StageSummary]:
     """Run the stages in order, each initialised from the previous stage's registered (best EMA) generator.
 
@@ -373,5 +388,5 @@ def run_recipe(
             if on_stage_done:
                 on_stage_done(summary, result)
         if report:
-            _report(tracker, recipe, parent, results, log)
+            _report(tracker, recipe, parent, results, log, settings)
     return summaries

@@ -1,4 +1,6 @@
-"""The picture at the end of a pipeline: the same validation crops through every stage, and every stage's metric curve.
+"""What a pipeline leaves to look at: a comparison page of every stage on the whole validation images (`write_page`,
+logged to the parent run: slider, grid, synchronized zoom, metrics; srcluster/page), and a picture of the same crops
+through every stage with every stage's metric curve (`write_report`).
 
 Rows are validation images; columns are bicubic | stage 1 | stage 2 | ... | HR, all at the final scale from the same
 LR (the HR crop downscaled by MATLAB-compatible bicubic). A stage trained at a smaller scale (the 2x fidelity stage)
@@ -16,9 +18,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from srcluster import home
+from srcluster.compare import Column, build_page, load_models, validation_plan
 from srcluster.data.stream import iter_images
 from srcluster.degrade.resize import bicubic_downscale, imresize
 from srcluster.infer.upscaler import load_upscaler, upscale_tensor
+from srcluster.page import Source
+from srcluster.storage import StorageSettings
 from srcluster.train.validate import centre_crop
 
 MAX_IMAGES = 3
@@ -107,4 +112,29 @@ def write_report(tracker, recipe_name: str, parent_run_id: str, results) -> Path
     with torch.inference_mode():
         render(results, scale, crops, curves, metric, path)
     tracker.log_artifact(parent_run_id, path, "report")
+    return path
+
+
+PAGE_FOLDER = "compare"  # the parent run's artifact folder holding the page
+
+
+def write_page(tracker, recipe_name: str, parent_run_id: str, results, settings: StorageSettings) -> Path | None:
+    """The pipeline's comparison page: LR, bicubic, every stage's registered generator and HR on the last stage's
+    validation images at its scale, scored with its `val.metrics`; written under $SRCLUSTER_HOME/reports/ and logged
+    to the parent run. None without validation data. A stage of smaller scale runs on the same LR and is resized to HR
+    size by bicubic (its column says so), as in the report image."""
+    plan = validation_plan(results[-1][1])
+    if plan is None:
+        return None
+    columns = [
+        Column(Source("lr"), builtin="lr"),
+        Column(Source("bicubic"), builtin="bicubic"),
+        *(Column(Source(stage, note=f"{ref.name} v{ref.version}"), ref.uri) for stage, _job, _result, ref in results),
+        Column(Source("hr"), builtin="hr"),
+    ]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    page = build_page(columns, plan, f"{recipe_name}: every stage", load_models(columns, device, settings), device)
+    page.fit()  # MLflow's viewer shows only a page that carries its images
+    path = page.write(home.home() / "reports" / f"{recipe_name}-{parent_run_id[:8]}.html", embed=True)
+    tracker.log_artifact(parent_run_id, path, PAGE_FOLDER)
     return path

@@ -280,3 +280,91 @@ def weights_file(source: str, *, tracker: Tracker | None = None) -> str:
     """A pretrain or generator source as a path or URL that weights can read: `models:/` URIs resolve to the version's
     safetensors (downloaded once per version), anything else is returned as is."""
     return resolve_model_uri(source, tracker=tracker)[0] if is_model_uri(source) else source
+
+
+# --- a run's generators (`srcluster compare runs:/...`) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunGenerator:
+    """A generator a stage run logged (`model/net_g_ema_<iter>.safetensors`, the best under `model/best/`), on disk."""
+
+    stage: str
+    iteration: int
+    uri: str  # the downloaded file
+    note: str  # "final", "best", or "final, best"
+
+
+_ITERATION = re.compile(r"net_g_ema_(\d+)\.safetensors$")
+
+
+def _get_run(tracker: Tracker, run_id: str):
+    from mlflow.exceptions import MlflowException  # mlflow is heavy; the CLI parser imports this module
+
+    try:
+        return tracker.get_run(run_id)
+    except MlflowException:
+        raise SrclusterError(f"runs:/{run_id}: no such run at {_where(tracker)}") from None
+
+
+def child_runs(tracker: Tracker, run_id: str) -> list:
+    """A pipeline's stage runs, oldest first."""
+    parent = _get_run(tracker, run_id)
+    return list(
+        tracker.client.search_runs(
+            [parent.info.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{run_id}'",
+            order_by=["attributes.start_time ASC"],
+        )
+    )
+
+
+def stage_generators(tracker: Tracker, run) -> list[RunGenerator]:
+    """The final and best generators a stage run logged, downloaded once into `$SRCLUSTER_HOME/runs/`, by iteration."""
+    run_id = run.info.run_id
+    stage = run.data.tags.get(tag.STAGE, run.info.run_name or run_id[:8])
+    found: dict[int, list[str]] = {}
+    paths: dict[int, str] = {}
+    for folder, note in (("model", "final"), ("model/best", "best")):
+        for entry in tracker.client.list_artifacts(run_id, folder):
+            match = _ITERATION.search(entry.path)
+            if entry.is_dir or match is None:
+                continue
+            iteration = int(match.group(1))
+            found.setdefault(iteration, []).append(note)
+            paths.setdefault(iteration, entry.path)
+    dest = home.home() / "runs" / run_id
+    out = []
+    for iteration in sorted(found):
+        local = dest / paths[iteration]
+        if not local.exists():
+            local = Path(tracker.client.download_artifacts(run_id, paths[iteration], str(dest)))
+        out.append(RunGenerator(stage, iteration, str(local), ", ".join(found[iteration])))
+    return out
+
+
+def run_generators(tracker: Tracker, run_id: str, stage: str | None = None) -> list[RunGenerator]:
+    """`runs:/RUN_ID`: a stage run's generators, or for a pipeline's parent run each stage's (the one it passed on:
+    the best, else the final); `runs:/RUN_ID/STAGE`: that stage's generators."""
+    run = _get_run(tracker, run_id)
+    children = child_runs(tracker, run_id) if run.data.tags.get(tag.KIND) == "pipeline" or stage else []
+    if stage is not None:
+        named = {c.data.tags.get(tag.STAGE): c for c in children}
+        if stage not in named:
+            stages = ", ".join(map(str, named)) or "none"
+            raise SrclusterError(f"runs:/{run_id}/{stage}: the run has no stage {stage!r} (stages: {stages})")
+        return _some(stage_generators(tracker, named[stage]), f"runs:/{run_id}/{stage}")
+    if not children:
+        return _some(stage_generators(tracker, run), f"runs:/{run_id}")
+    out = []
+    for child in children:
+        generators = stage_generators(tracker, child)
+        if generators:
+            out.append(next((g for g in generators if "best" in g.note), generators[-1]))
+    return _some(out, f"runs:/{run_id}")
+
+
+def _some(generators: list[RunGenerator], uri: str) -> list[RunGenerator]:
+    if not generators:
+        raise SrclusterError(f"{uri}: the run logged no generator (model/net_g_ema_<iter>.safetensors) yet")
+    return generators

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from srcluster.errors import Preempted
 from srcluster.tracking.tracker import Tracker
 
 
@@ -60,7 +61,7 @@ def run(
     - an unfinished earlier run (or, with `reopen_finished`, a finished one that is not reused) is reopened;
     - otherwise (or with `fresh`) a new run starts, with `params`, `match` + `tags` and the parent.
     A new or reopened run ends FINISHED when the block exits (or `Run.status`), FAILED on an exception, KILLED on
-    KeyboardInterrupt; the caller never ends it itself.
+    KeyboardInterrupt or `Preempted`; the caller never ends it itself.
     """
     previous = None if fresh or not match else tracker.find_run(experiment, match)
     finished = previous is not None and previous.info.status == "FINISHED"
@@ -79,7 +80,7 @@ def run(
         handle = Run(tracker, run_id, "new")
     try:
         yield handle
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Preempted):  # stopped from outside: a rerun continues it
         tracker.end_run(handle.id, "KILLED")
         raise
     except BaseException:

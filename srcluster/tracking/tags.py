@@ -16,6 +16,9 @@ RAY_JOB_ID = "srcluster.ray_job_id"  # the Ray job (`ray job submit`, `srcluster
 KIND = "srcluster.kind"  # pipeline | tune | tune-trial (stage runs carry STAGE instead)
 STAGE = "srcluster.stage"  # the job name (a recipe's stage name inside a pipeline)
 RUN_KEY = "srcluster.run_key"  # what a rerun finds its earlier run by (train/stage.py: run_key)
+IDENTITY = "srcluster.identity"  # what the run key hashes (JSON), so a rerun with a changed model can say what changed
+TOTAL_ITER = "srcluster.total_iter"  # the train.total_iter the run last trained to (a higher one continues the run)
+CONTINUED = "srcluster.continued"  # the training options the latest rerun changed before continuing from a checkpoint
 RECIPE = "srcluster.recipe"
 RECIPE_HASH = "srcluster.recipe_hash"
 PRETRAIN = "srcluster.pretrain"  # the pretrain as configured (a path, URL or models:/ URI), or "scratch"
@@ -52,7 +55,7 @@ TUNE_BEST_TRIAL = "srcluster.tune.best_trial"
 TUNE_BEST_RUN = "srcluster.tune.best_run"
 
 # run tags that describe one run, not the model a version holds: not copied onto model versions
-RUN_ONLY = (RUN_KEY, CHECKPOINT_URI, REGISTERED_MODEL)
+RUN_ONLY = (RUN_KEY, IDENTITY, TOTAL_ITER, CONTINUED, CHECKPOINT_URI, REGISTERED_MODEL)
 
 
 def resized(iteration: int) -> str:

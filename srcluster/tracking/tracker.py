@@ -177,6 +177,17 @@ class Tracker:
         dest.mkdir(parents=True, exist_ok=True)
         return [Path(self.client.download_artifacts(run_id, files[-1], str(dest)))]
 
+    def download_artifact(self, run_id: str, path: str, dest: Path) -> Path | None:
+        """The run's artifact `path` (a file) downloaded into `dest`; None when the run has no such artifact. Raises
+        when the server cannot be reached: a buffered tracker asks it first, since MLflow's client would retry."""
+        if self.spool is not None:
+            self.check()
+        folder = path.rpartition("/")[0] or None
+        if not any(f.path == path and not f.is_dir for f in self.client.list_artifacts(run_id, folder)):
+            return None
+        dest.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, path, str(dest)))
+
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self._send(lambda: self.client.set_terminated(run_id, status), "end", run_id, status=status)
 
@@ -197,6 +208,10 @@ class Tracker:
         run = self.client.get_run(run_id)
         base = redact_url(self.uri) if self.uri.startswith("http") else "mlflow ui --backend-store-uri " + self.uri
         return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+    def artifact_url(self, run_id: str, path: str) -> str:
+        """Where the MLflow UI shows one artifact of a run (an HTML page opens in its viewer)."""
+        return f"{self.run_url(run_id)}/artifacts/{path}"
 
     def reachable(self) -> bool:
         try:

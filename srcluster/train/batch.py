@@ -2,23 +2,34 @@
 
 The loader yields uint8 HR (LR = MATLAB bicubic, made here), `(hr, lr)` (paired data, or degradations already applied
 in the data workers), or `(hr, plan)` (degradations drawn in the workers, applied here on the device in one batched
-call: `degrade.pipeline.apply` never waits for the device). Real-ESRGAN's `l1_gt_usm` / `percep_gt_usm` / `gan_gt_usm`
-choose whether the pixel losses, the perceptual losses and the discriminator's real input see the sharpened GT.
+call, then the pair cut from the larger crop: `degrade.pipeline.pair` never waits for the device). Real-ESRGAN's
+`l1_gt_usm` / `percep_gt_usm` / `gan_gt_usm` choose whether the pixel losses, the perceptual losses and the
+discriminator's real input see the sharpened GT.
+
+With `train.use_moa` the pair then goes through traiNNer-redux's mixture of augmentations (`degrade/moa.py`), in all
+three forms, after the LR is made (redux augments after its degradations) and before the GT is sharpened, so that
+every target, sharpened or not, is the GT of the augmented input. (redux 686293190 sharpens no GT; the Real-ESRGAN
+code it comes from sharpened before augmenting and left the sharpened GT unaugmented, out of step with the input.)
+Validation never comes here: it reads whole images through `train/validate.py`.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.distributed as dist
 
 from srcluster.config import Job
 from srcluster.degrade.filters import usm_sharpen
-from srcluster.degrade.pipeline import Plan, apply
+from srcluster.degrade.moa import Mixer
+from srcluster.degrade.pipeline import Plan, pair
 from srcluster.degrade.resize import imresize
 
 # Losses that compare features rather than pixels: they take `percep_gt_usm`'s target; every other loss `l1_gt_usm`'s.
-PERCEPTUAL_LOSSES = frozenset({"perceptualloss", "distsloss"})
+PERCEPTUAL_LOSSES = frozenset({"perceptualloss", "perceptualfp16loss", "distsloss"})
 
 
 @dataclass
@@ -36,16 +47,41 @@ def _float(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device, non_blocking=True).float().div_(255)
 
 
-def to_batch(item, job: Job, device: torch.device) -> Batch:
-    """LR and targets, float in [0, 1] on `device`, from one loader item (see the module docstring)."""
+# Tags the MoA stream apart from the data streams drawn from the same job seed.
+MOA_STREAM = 0x6D6F61
+
+# Each job object's MoA mixer in this process, by id(job) (a Job is not hashable), beside a weak reference that tells
+# a live job from a new one at a reused address and drops the entry with the job.
+_mixers: dict[int, tuple[weakref.ref, Mixer]] = {}
+
+
+def mixer_for(job: Job) -> Mixer:
+    """The MoA mixer of `job` (`train.moa_augs`, `train.moa_probs`) in this process: like redux's one generator per
+    process, one stream continued batch after batch, seeded by the job's seed and the rank (ranks draw differently);
+    a job parsed afresh (a new run in the same process) starts the stream afresh, so a run repeats exactly."""
+    key = id(job)
+    entry = _mixers.get(key)
+    if entry is not None and entry[0]() is job:
+        return entry[1]
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    rng = np.random.default_rng([job.manual_seed or 0, rank, MOA_STREAM])
+    mixer = Mixer(job.train.moa_augs, job.train.moa_probs, job.scale, rng)
+    _mixers[key] = (weakref.ref(job, lambda _ref: _mixers.pop(key, None)), mixer)
+    return mixer
+
+
+def to_batch(item, job: Job, device: torch.device, mixer: Mixer | None = None) -> Batch:
+    """LR and targets, float in [0, 1] on `device`, from one loader item (see the module docstring). `mixer`: the
+    MoA draws to use with `train.use_moa` (default: this process's stream for the job, `mixer_for`)."""
     if isinstance(item, tuple) and isinstance(item[1], Plan):
-        hr = _float(item[0], device)
-        lr = apply(hr, item[1])
+        hr, lr = pair(_float(item[0], device), item[1])  # degrade the whole crop, then cut the pair
     elif isinstance(item, tuple):
         hr, lr = _float(item[0], device), _float(item[1], device)
     else:
         hr = _float(item, device)
         lr = imresize(hr, 1 / job.scale, kernel="bicubic").clamp_(0, 1)
+    if job.train.use_moa:
+        hr, lr = (mixer or mixer_for(job))(hr, lr)
     cfg = job.datasets.train.degradations
     if cfg is None or not cfg.sharpens_gt:
         return Batch(lr, hr, hr, hr)

@@ -61,7 +61,9 @@ def for_job(job: Job, higher_is_better: bool) -> Best | None:
     return Best(job.best_metric, higher_is_better, plateau.min_delta, plateau.patience)
 
 
-def publish(url: str, net: nn.Module, best: Best, settings: StorageSettings) -> None:
+def publish(
+    url: str, net: nn.Module, best: Best, settings: StorageSettings, metadata: dict[str, str] | None = None
+) -> None:
     """Upload the generator of the new best, then point `best.json` at it, then drop the generators it replaced."""
     # torch: run_stage (imported by launch/submit for worker_env) reads best.json through this module
     from srcluster.components import weights
@@ -70,7 +72,7 @@ def publish(url: str, net: nn.Module, best: Best, settings: StorageSettings) -> 
     name = f"net_g_ema_{best.iteration:07d}.safetensors"
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / name
-        weights.export_generator(net, local)
+        weights.export_generator(net, local, metadata)
         fs.makedirs(root, exist_ok=True)
         fs.put_file(str(local), f"{root}/{name}")
     fs.pipe_file(f"{root}/{BEST_FILE}", json.dumps({**asdict(best), "generator": name}).encode())

@@ -3,11 +3,20 @@ them: `build_stage` builds from `stage_specs(job)`, the worker and the Tune tria
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
-from srcluster.components.specs import EMASpec, LossSpec, NetworkSpec, OptimizerSpec, PretrainSpec, SchedulerSpec
+from srcluster.components.specs import (
+    GAN_LOSS_TYPES,
+    EMASpec,
+    LossSpec,
+    NetworkSpec,
+    OptimizerSpec,
+    PretrainSpec,
+    SchedulerSpec,
+)
 from srcluster.config import Job, Network, Optimizer
-from srcluster.data.spec import TrainData
+from srcluster.data.spec import DataPath, DataSizing, TrainData, per_core_rate, step_rate
 
 
 @dataclass(frozen=True)
@@ -30,20 +39,15 @@ def network_spec(network: Network) -> NetworkSpec:
 
 
 def optimizer_spec(options: Optimizer) -> OptimizerSpec:
-    return OptimizerSpec(options.type, options.lr, options.weight_decay, options.betas)
+    return options.spec()
 
 
 def stage_specs(job: Job) -> StageSpecs:
     train, path = job.train, job.path
     losses = tuple(LossSpec(loss.type, loss.loss_weight, loss.options()) for loss in train.losses if loss.loss_weight)
-    gan = any(loss.type == "ganloss" for loss in losses)
-    scheduler = SchedulerSpec(
-        train.scheduler.type,
-        train.total_iter,
-        tuple(train.scheduler.milestones),
-        train.scheduler.gamma,
-        train.scheduler.eta_min,
-        train.warmup_iter,
+    gan = any(loss.type in GAN_LOSS_TYPES for loss in losses)
+    scheduler = SchedulerSpec.of(
+        train.scheduler.type, train.total_iter, train.warmup_iter, train.scheduler.given(), train.optim_g.lr
     )
     specs = StageSpecs(
         scale=job.scale,
@@ -52,7 +56,9 @@ def stage_specs(job: Job) -> StageSpecs:
         losses=losses,
         optim_g=optimizer_spec(train.optim_g),
         scheduler=scheduler,
-        ema=EMASpec(train.ema_decay, train.ema_power) if train.ema_decay > 0 else None,
+        ema=EMASpec(train.ema_decay, train.ema_power, train.ema_update_after_step, train.ema_switch_iter)
+        if train.ema_decay > 0
+        else None,
         pretrain_g=PretrainSpec(path.pretrain_network_g, path.param_key_g, path.strict_load_g)
         if path.pretrain_network_g
         else None,
@@ -80,10 +86,62 @@ def train_data(job: Job, world: int) -> TrainData:
         crop=data.lq_size * job.scale,
         batch_size=batch_size,
         scale=job.scale,
-        num_workers=data.num_worker_per_gpu,
+        num_workers=size_data(job).workers,  # num_worker_per_gpu unless srcluster.loader_workers says otherwise
         seed=job.manual_seed or 0,
         use_hflip=data.use_hflip,
         use_rot=data.use_rot,
         degradations=data.degradations,
         degrade_in_workers=job.degrade_in_workers,
+        crops_per_tile=job.srcluster.crops_per_tile,
     )
+
+
+# --- how much data a job's GPU eats, and how many loader cores make it (rates: data/spec.py) ----------------------
+
+
+def data_path(job: Job) -> DataPath:
+    """How the job's LR is made, which decides what a loader core does per sample."""
+    data = job.datasets.train
+    if data.dataroot_lq is not None:
+        return "paired"
+    if data.degradations is not None and data.degradations.makes_lr:
+        return "otf-workers" if job.degrade_in_workers else "otf-device"
+    return "bicubic"
+
+
+def size_data(job: Job) -> DataSizing:
+    """The job's data rates and loader workers.
+
+    `srcluster.loader_workers` decides the workers: unset, `datasets.train.num_worker_per_gpu` (traiNNer-redux's key,
+    as before); a number, that many; `auto`, the cores the GPU's rate needs (`cores`), at most cpus_per_worker - 1
+    (one CPU runs the step). Where the need is unknown (an architecture without a step rate, or training on CPUs)
+    auto takes all cpus_per_worker - 1: a worker waiting on a full prefetch queue costs no CPU, a starved GPU does.
+    """
+    data, cluster = job.datasets.train, job.srcluster
+    path = data_path(job)
+    per_core = per_core_rate(path, data.lq_size * job.scale, job.scale, cluster.crops_per_tile)
+    rate = step_rate(job.network_g.type, data.lq_size) if cluster.use_gpu else None
+    # a worker with a share of a GPU (gpus_per_worker < 1) feeds only its share of the GPU's rate
+    needed = None if rate is None or not cluster.gpus_per_worker else rate * min(1.0, cluster.gpus_per_worker)
+    rates = DataSizing(job.network_g.type, path, cluster.crops_per_tile, per_core, needed, 0, "")
+    setting = cluster.loader_workers
+    if setting is None:
+        return replace(rates, workers=data.num_worker_per_gpu, source="datasets.train.num_worker_per_gpu")
+    if setting == "auto":
+        spare = max(0, math.floor(cluster.cpus_per_worker) - 1)
+        workers = spare if rates.cores is None else min(spare, rates.cores)
+        return replace(rates, workers=workers, source="srcluster.loader_workers: auto")
+    return replace(rates, workers=setting, source="srcluster.loader_workers")
+
+
+def crops_to_fit(job: Job, cores: int, most: int = 32) -> int | None:
+    """The fewest crops per tile, above the job's, at which `cores` loader cores keep up with its GPU; None: none up
+    to `most` (the schema's limit) does, or the need is unknown."""
+    sizing = size_data(job)
+    if sizing.needed is None or cores < 1:
+        return None
+    crop = job.datasets.train.lq_size * job.scale
+    for k in range(sizing.crops_per_tile + 1, most + 1):
+        if cores * per_core_rate(sizing.path, crop, job.scale, k) >= sizing.needed:
+            return k
+    return None

@@ -1,25 +1,46 @@
 """One optimiser step of a stage: micro-batches, losses, DDP gradient sync, clipping, non-finite skips, EMA.
 
 The step reads its options (amp, channels_last, grad clip, the degradations' GT sharpening) from the stage's job; the
-loop around it is `srcluster.train.loop.run`.
+loop around it is `srcluster.train.loop.run`. What it returns stays on the device: the loop turns it into numbers at
+its report points only (`step_values`), so a step on a GPU need not wait for the GPU to finish.
+
+How a non-finite step is skipped, and what the host waits for (each way skips exactly what traiNNer-redux skips):
+
+- fp16 AMP (GradScalers on): the scalers find inf/NaN gradients and skip, as in redux; knowing whether they skipped
+  (for the schedule and the EMA) reads their scale on the host, as redux does, and a scaler reads its own inf flag
+  there unless the optimizer is a fused one.
+- on a GPU, when every optimizer takes a device-side skip flag (`found_inf`: torch's fused Adam, AdamW, SGD,
+  Adagrad): the skip is decided on the device and nothing waits. The EMA moves towards a target that is its own
+  value on a skipped step, and the host learns of the skip one step later (`PendingFlag`), when the GPU is long past
+  it, to count the non-finite streak and take the skipped update off the EMA's count. EMA updates that copy (the
+  first, and switches) are the exception: they read the flag at once.
+- any other optimizer (the default, non-fused AdamW among them): a step cannot be undone on the device without
+  keeping a copy of its whole state, and an optimizer may keep part of its state in Python, so the step reads one
+  flag on the host before the optimizers step: one wait per step. A CPU always decides so (`DEVICE_GATED`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import operator
 import time
 from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 
+from srcluster.components import losses
+from srcluster.components.optim import EMA, Schedule, floating
 from srcluster.config import Job
+from srcluster.train import backend
 from srcluster.train.batch import to_batch
-from srcluster.train.state import Stage
+from srcluster.train.state import Stage, amp_dtype
+
+# Devices whose steps decide skips on the device. A CPU runs each operation before the next, so reading the flag costs
+# it nothing, while the gated EMA update costs it three more passes over the weights: it decides on the host (the
+# tests add "cpu" here to run the device path).
+DEVICE_GATED = frozenset({"cuda"})
 
 
 def no_sync(net: nn.Module, skip: bool):
@@ -45,8 +66,21 @@ def gan_of(stage: Stage) -> Gan | None:
     return Gan(*stage.gan, stage.net_d, stage.raw_d)
 
 
-def train_step(stage: Stage, batches, accum: int) -> dict[str, float]:
-    """One optimiser step over `accum` micro-batches; gradients are all-reduced only on the last one."""
+class Trained(NamedTuple):
+    """One network's side of the step."""
+
+    net: nn.Module
+    optim: torch.optim.Optimizer
+    schedule: Schedule
+    scaler: torch.amp.GradScaler
+
+
+def train_step(stage: Stage, batches, accum: int, *, decide_on_host: bool = False) -> dict[str, torch.Tensor | float]:
+    """One optimiser step over `accum` micro-batches; gradients are all-reduced only on the last one.
+
+    Returns each loss term (traiNNer-redux's log keys), l_g_total, grad_norm_g (and grad_norm_d) as 0-d tensors on
+    the stage's device, and data_wait_s (seconds spent waiting for batches, a float). `decide_on_host`: read the
+    finite flag on the host before stepping even where the device could decide (the benchmarks' baseline)."""
     job, device = stage.job, stage.device
     gan = gan_of(stage)
     totals: dict[str, torch.Tensor] = {}  # each loss term, summed over the micro-batches on the device
@@ -57,69 +91,205 @@ def train_step(stage: Stage, batches, accum: int) -> dict[str, float]:
         data_wait += time.perf_counter() - start
         batch = to_batch(item, job, device)  # LR (bicubic, paired or degraded) and each loss's target: train/batch.py
         hr, lr = batch.gan_gt, batch.lr
-        if job.use_channels_last:
-            hr, lr = hr.contiguous(memory_format=torch.channels_last), lr.contiguous(memory_format=torch.channels_last)
+        if (layout := backend.memory_format(job)) is not torch.preserve_format:
+            hr, lr = hr.contiguous(memory_format=layout), lr.contiguous(memory_format=layout)
         last = micro == accum - 1
-        with no_sync(stage.net_g, not last), amp_context(job, device):
+        with no_sync(stage.net_g, not last), autocast(stage):
             sr = stage.net_g(lr)
-            terms: dict[str, torch.Tensor] = {
-                f"l_g_{name}": weight * loss(sr.float(), batch.target(name))
-                for name, weight, loss in stage.pixel_losses
-            }
+            terms: dict[str, torch.Tensor] = {}  # by traiNNer-redux's log keys: l_g_mssim, l_g_hsluv_hue, ...
+            sr_ema = ema_output(stage, lr)
+            for name, weight, loss in stage.pixel_losses:
+                terms |= losses.weighted_terms(name, weight, loss, sr.float(), batch.target(name), sr_ema)
             if gan is not None:
                 # D scores the fake through its raw module with frozen weights: no DDP hook waits for D gradients here.
                 gan.raw_d.requires_grad_(False)
                 terms["l_g_gan"] = gan.weight * gan.loss(gan.raw_d(sr), True, is_disc=False)
                 gan.raw_d.requires_grad_(True)
             loss_g = functools.reduce(operator.add, terms.values())
-        scale(stage, loss_g / accum).backward()
-        for name, value in terms.items():
-            totals[name] = totals.get(name, 0.0) + value.detach() / accum
+        stage.scaler_g.scale(loss_g / accum).backward()
+        for name, value in {**terms, "l_g_total": loss_g}.items():  # l_g_total: traiNNer-redux logs the sum too
+            add_to(totals, name, value, accum)
         if gan is not None:
-            with no_sync(gan.net_d, not last), amp_context(job, device):
-                # real and fake in one forward pass, so DDP sees exactly one forward per backward
-                logits = gan.net_d(torch.cat([hr, sr.detach()]))
-                real, fake = logits.chunk(2)
-                l_real, l_fake = gan.loss(real, True, is_disc=True), gan.loss(fake, False, is_disc=True)
-            scale(stage, (l_real + l_fake) / accum).backward()
-            totals["l_d_real"] = totals.get("l_d_real", 0.0) + l_real.detach() / accum
-            totals["l_d_fake"] = totals.get("l_d_fake", 0.0) + l_fake.detach() / accum
-    steps: list[tuple[torch.optim.Optimizer, LambdaLR]] = [(stage.optim_g, stage.sched_g)]
-    if stage.optim_d is not None:
+            with no_sync(gan.net_d, not last), autocast(stage):
+                # real, then fake, in two forward passes as traiNNer-redux does: each training-mode pass runs one
+                # spectral-norm power iteration (three per micro-batch with the generator's), so D's estimates match
+                l_real = gan.loss(gan.net_d(hr), True, is_disc=True)
+                l_fake = gan.loss(gan.net_d(sr.detach()), False, is_disc=True)
+            stage.scaler_d.scale((l_real + l_fake) / accum).backward()
+            add_to(totals, "l_d_real", l_real, accum)
+            add_to(totals, "l_d_fake", l_fake, accum)
+    trained = [Trained(stage.raw_g, stage.optim_g, stage.sched_g, stage.scaler_g)]
+    if stage.raw_d is not None and stage.optim_d is not None:
         assert stage.sched_d is not None  # build_stage builds D's schedule with its optimizer
-        steps.append((stage.optim_d, stage.sched_d))
-    if stage.scaler:
-        for optim, _ in steps:
-            stage.scaler.unscale_(optim)
-    # After DDP's all-reduce every rank holds the same gradients, so this norm (and the skip decision) is the same
-    # on every rank: a non-finite step is skipped everywhere or nowhere.
-    max_norm = job.train.grad_clip_max_norm if job.train.grad_clip else math.inf
-    norms = [nn.utils.clip_grad_norm_(stage.raw_g.parameters(), max_norm)]
-    if stage.raw_d is not None:
-        norms.append(nn.utils.get_total_norm([p.grad for p in stage.raw_d.parameters() if p.grad is not None]))
-    # one host sync per step, for the norms and all loss terms together
-    values = torch.stack([*norms, *(torch.as_tensor(v) for v in totals.values())]).tolist()
-    finite = all(math.isfinite(v) for v in values)
-    if finite or stage.scaler:  # the scaler skips inf steps itself and lowers its scale
-        for optim, sched in steps:
-            stage.scaler.step(optim) if stage.scaler else optim.step()
-            sched.step()
-        if stage.scaler:
-            stage.scaler.update()
-        if stage.ema:
+        trained.append(Trained(stage.raw_d, stage.optim_d, stage.sched_d, stage.scaler_d))
+    # As traiNNer-redux: each network's gradients unscaled, their norm taken (and logged, clipping or not) before
+    # clipping, and with grad_clip clipped to grad_clip_max_norm, the discriminator's as the generator's. After DDP's
+    # all-reduce every rank holds the same gradients, so these norms (and the skip decision) are the same on every
+    # rank: a non-finite step is skipped everywhere or nowhere.
+    norms = [unscaled_norm(side, job) for side in trained]
+    values = {**totals, "grad_norm_g": norms[0]} | ({"grad_norm_d": norms[1]} if len(norms) > 1 else {})
+    finite = torch.stack([v.float() for v in values.values()]).isfinite().all()  # on the device: nothing waits
+    if stage.scaler_g.is_enabled():
+        skipped = [step_optimizer(side.optim, side.scaler) for side in trained]
+        if stage.ema and not skipped[0]:  # redux: no EMA update after the scaler skipped G's step
             stage.ema.update(stage.raw_g)
-    for optim, _ in steps:
-        optim.zero_grad(set_to_none=True)
-    stage.nonfinite_streak = 0 if finite else stage.nonfinite_streak + 1
+        settle(stage)
+        count_streak(stage, bool(finite))  # free: the scalers' reads above already waited for the step
+    elif not decide_on_host and gated_on_device(stage, trained):
+        skipped = [False] * len(trained)
+        step_on_device(stage, trained, finite)
+    else:
+        skipped = [False] * len(trained)
+        went_through = bool(finite)  # the step's one wait for the device
+        if went_through:
+            for side in trained:
+                side.optim.step()
+            if stage.ema:
+                stage.ema.update(stage.raw_g)
+        settle(stage)
+        count_streak(stage, went_through)
+    for side, was_skipped in zip(trained, skipped, strict=True):
+        side.optim.zero_grad(set_to_none=True)
+        # redux's schedule waits while the scaler skips (but moves on past a step skipped for a non-finite loss)
+        side.schedule.step(stage.iteration + 1, skipped=was_skipped)
     stage.iteration += 1
-    out = dict(zip(totals, values[len(norms) :], strict=False))
-    out["grad_norm_g"] = values[0]
-    out["data_wait_s"] = data_wait
-    return out
+    return {**values, "data_wait_s": data_wait}
 
 
-def scale(stage: Stage, loss: torch.Tensor) -> torch.Tensor:
-    return stage.scaler.scale(loss) if stage.scaler else loss
+def add_to(totals: dict[str, torch.Tensor], name: str, value: torch.Tensor, accum: int) -> None:
+    share = value.detach() / accum
+    totals[name] = totals[name] + share if name in totals else share
+
+
+def unscaled_norm(side: Trained, job: Job) -> torch.Tensor:
+    """The network's gradient norm after unscaling (redux's grad_norm_g / grad_norm_d), clipped to
+    grad_clip_max_norm with grad_clip; without it the gradients are left alone (no multiply by 1)."""
+    side.scaler.unscale_(side.optim)
+    if job.train.grad_clip:
+        return nn.utils.clip_grad_norm_(side.net.parameters(), job.train.grad_clip_max_norm)
+    return nn.utils.get_total_norm([p.grad for p in side.net.parameters() if p.grad is not None])
+
+
+def gated_on_device(stage: Stage, trained: list[Trained]) -> bool:
+    """Whether this step's skip is decided on the device: on a device of DEVICE_GATED when every optimizer takes
+    torch's `found_inf` (fused kernels)."""
+    return stage.device.type in DEVICE_GATED and all(
+        getattr(side.optim, "_step_supports_amp_scaling", False) for side in trained
+    )
+
+
+def step_on_device(stage: Stage, trained: list[Trained], finite: torch.Tensor) -> None:
+    """Step every optimizer with the device's skip flag, and the EMA with it where its update is a plain move
+    towards G; the host counts the step (streak, EMA updates) once the flag is back (`settle`)."""
+    found_inf = (~finite).float()  # what torch's GradScaler hands a fused optimizer: nonzero skips the update
+    for side in trained:
+        # the same hand-over as GradScaler.step: the fused kernels skip the update (and undo their step count)
+        side.optim.found_inf = found_inf  # pyright: ignore[reportAttributeAccessIssue]
+        try:
+            side.optim.step()
+        finally:
+            del side.optim.found_inf  # pyright: ignore[reportAttributeAccessIssue]
+    settle(stage)  # the previous step's flag: its event is long past now that this step is queued
+    ema = stage.ema
+    if ema is None:
+        stage.pending_finite = PendingFlag(finite, ema_counted=False)
+    elif moves_towards(ema):
+        gated_ema_update(ema, stage.raw_g, finite)
+        stage.pending_finite = PendingFlag(finite, ema_counted=True)
+    else:  # a copying update (the first ones, a switch) cannot be gated by a target: read the flag now
+        went_through = bool(finite)
+        if went_through:
+            ema.update(stage.raw_g)
+        count_streak(stage, went_through)
+
+
+def moves_towards(ema: EMA) -> bool:
+    """Whether the EMA's next update only moves it towards G (EMA.update's lerp, no switch of G to the EMA)."""
+    done = ema.step
+    return done > ema.update_after_step and not (ema.switch_every and done % ema.switch_every == 0)
+
+
+@torch.no_grad()
+def gated_ema_update(ema: EMA, net: nn.Module, went_through: torch.Tensor) -> None:
+    """EMA.update's move towards G, towards the EMA itself (no change) where the step was skipped: the target is
+    G * w + EMA * (1 - w) with w = 1 or 0: G or the EMA (exactly, up to the sign of a zero) unless a weight is
+    infinite; then EMA.update's own lerp."""
+    ema_tensors, tensors = floating(ema.net), floating(net)
+    keep = went_through.to(tensors[0].dtype)
+    targets = torch._foreach_add(  # pyright: ignore[reportPrivateImportUsage]  # torch.optim's multi-tensor ops
+        torch._foreach_mul(tensors, keep),  # pyright: ignore[reportPrivateImportUsage]
+        torch._foreach_mul(ema_tensors, 1 - keep),  # pyright: ignore[reportPrivateImportUsage]
+    )
+    decay = ema.current_decay()
+    ema.step += 1  # counted now; `settle` takes it back if the step turns out skipped
+    torch._foreach_lerp_(ema_tensors, targets, 1 - decay)  # pyright: ignore[reportPrivateImportUsage]
+
+
+class PendingFlag:
+    """A device flag on its way to the host: copied into pinned memory behind the step's work, with an event to wait
+    for just that copy (not for the work queued after it). On the CPU the flag is already there."""
+
+    def __init__(self, flag: torch.Tensor, ema_counted: bool):
+        self.ema_counted = ema_counted  # the EMA's update count included this step
+        self.copied: torch.cuda.Event | None = None
+        if flag.device.type == "cuda":
+            self.host = torch.empty((), dtype=torch.bool, pin_memory=True)
+            self.host.copy_(flag, non_blocking=True)
+            self.copied = torch.cuda.Event()
+            self.copied.record()
+        else:
+            self.host = flag
+
+    def value(self) -> bool:
+        if self.copied is not None:
+            self.copied.synchronize()
+        return bool(self.host)
+
+
+def settle(stage: Stage) -> None:
+    """Count the last device-gated step now that its flag can be read: the non-finite streak, and an EMA update that
+    a skipped step must not count (redux does not update the EMA then)."""
+    pending: PendingFlag | None = stage.pending_finite
+    if pending is None:
+        return
+    stage.pending_finite = None
+    went_through = pending.value()
+    if not went_through and pending.ema_counted:
+        assert stage.ema is not None
+        stage.ema.step -= 1
+    count_streak(stage, went_through)
+
+
+def count_streak(stage: Stage, went_through: bool) -> None:
+    stage.nonfinite_streak = 0 if went_through else stage.nonfinite_streak + 1
+
+
+def step_values(stage: Stage, step: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """A step's values as numbers, read from the device in one transfer (the loop's report points), after counting
+    any step still pending, so the stage (its streak, its EMA's count) is whole for a checkpoint."""
+    settle(stage)
+    tensors = {k: v for k, v in step.items() if isinstance(v, torch.Tensor)}
+    numbers = torch.stack([v.detach().float() for v in tensors.values()]).tolist() if tensors else []
+    read = dict(zip(tensors, numbers, strict=True))
+    return {k: read[k] if k in read else float(v) for k, v in step.items()}
+
+
+def ema_output(stage: Stage, lr: torch.Tensor) -> torch.Tensor | None:
+    """The EMA generator's output on this micro-batch, without gradients, when a loss compares with it (LDL, as
+    traiNNer-redux); else None."""
+    if stage.ema is None or not any(losses.needs_ema(loss) for _, _, loss in stage.pixel_losses):
+        return None
+    with torch.no_grad():
+        return stage.ema.net(lr).float()
+
+
+def step_optimizer(optim: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> bool:
+    """One optimizer step through its GradScaler; True when the scaler skipped it (inf/NaN gradients), which, as in
+    traiNNer-redux, is read from its scale going down. A disabled scaler just steps."""
+    before = scaler.get_scale()
+    scaler.step(optim)
+    scaler.update()
+    return scaler.get_scale() < before
 
 
 class NonFiniteLossError(RuntimeError):
@@ -127,6 +297,8 @@ class NonFiniteLossError(RuntimeError):
 
 
 def check_finite(stage: Stage, patience: int) -> None:
+    """Stop after `patience` consecutive non-finite steps. A step skipped on the device is counted when the next
+    step (or a report point) reads its flag, so such a run stops one step later; every rank counts alike."""
     if stage.nonfinite_streak >= patience:
         raise NonFiniteLossError(
             f"{stage.nonfinite_streak} consecutive non-finite losses or gradients up to iteration {stage.iteration}; "
@@ -135,8 +307,14 @@ def check_finite(stage: Stage, patience: int) -> None:
         )
 
 
-def amp_context(job: Job, device: torch.device):
-    if not job.use_amp:
+def autocast(stage: Stage):
+    """The training autocast, in the dtype build_stage chose (`state.amp_dtype`)."""
+    if stage.amp_dtype is None:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if job.amp_bf16 or device.type == "cpu" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(stage.device.type, dtype=stage.amp_dtype)
+
+
+def amp_context(job: Job, device: torch.device):
+    """The training's autocast outside a stage (validation): the same dtype as `autocast(stage)`."""
+    dtype = amp_dtype(job, device)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()

@@ -1,4 +1,5 @@
-"""A finished search for people: the trial table (terminal, text, CSV) and the objective over iterations per trial."""
+"""A finished search for people: the trial table (terminal, text, CSV), the objective over iterations per trial, and a
+comparison page of the top trials' generators on the validation images (srcluster/page)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,18 @@ import csv
 import io
 from pathlib import Path
 
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
+from srcluster.compare import Column, build_page, load_models, validation_plan
+from srcluster.page import Source
+from srcluster.storage import StorageSettings
 from srcluster.tune.space import LoadedSearch
+
+TOP_TRIALS = 4  # trials on the comparison page: enough to see the trend, few enough to flip through by key
 
 
 def _short(value) -> str:
@@ -108,3 +115,32 @@ def plot_curves(outcome, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path)
     return path
+
+
+def write_trials_page(outcome, search: LoadedSearch, path: Path, settings: StorageSettings) -> Path | None:
+    """The top trials by the objective (those that left a generator), with bicubic and HR, on the base job's
+    validation images and metrics; None when no trial left a generator or the job does not validate."""
+    job = search.base_job
+    ranked = sorted(
+        (r for r in outcome.rows if r.generator_uri and r.last is not None),
+        key=lambda r: r.last,
+        reverse=outcome.mode == "max",
+    )[:TOP_TRIALS]
+    plan = validation_plan(job)
+    if not ranked or plan is None:
+        return None
+    columns = [
+        Column(Source("bicubic"), builtin="bicubic"),
+        *(
+            Column(
+                Source(f"trial {r.trial_id}", note=f"{outcome.metric} {r.last:.4g}; {_short(r.params)}"),
+                r.generator_uri,
+            )
+            for r in ranked
+        ),
+        Column(Source("hr"), builtin="hr"),
+    ]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    title = f"{outcome.name}: top {len(ranked)} trials by {outcome.metric} ({outcome.mode})"
+    page = build_page(columns, plan, title, load_models(columns, device, settings), device)
+    return page.write(path, embed=True)  # logged to MLflow, whose viewer needs the images inside the page

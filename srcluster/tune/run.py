@@ -22,6 +22,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from srcluster import home
+from srcluster.console import say
 from srcluster.errors import SrclusterError
 from srcluster.storage import StorageSettings
 from srcluster.tracking import models, runs
@@ -29,7 +30,7 @@ from srcluster.tracking import tags as tag
 from srcluster.tracking.tracker import Tracker
 from srcluster.train.loop import GENERATOR_FILE
 from srcluster.train.stage import default_storage, ensure_ray, worker_env
-from srcluster.tune.report import plot_curves, table_text, write_csv
+from srcluster.tune.report import plot_curves, table_text, write_csv, write_trials_page
 from srcluster.tune.space import LoadedSearch
 from srcluster.tune.trial import TrialContext, distributed_trial, single_trial
 
@@ -137,6 +138,26 @@ def make_search_alg(search: LoadedSearch, concurrent: int):
 # --- the run --------------------------------------------------------------------------------------------------------
 
 
+class TrialLines(tune.Callback):
+    """One console line per trial report, end and failure: Tune's own status tables go to the log file unless
+    `--verbose` (srcluster/console.py: quiet). Prints through `say`, not a `log` it holds: Tune pickles its
+    callbacks with the experiment state, and a console's open stream does not pickle."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        value = result.get(self.metric)
+        shown = f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+        say(f"trial {trial.trial_id}: iteration {result.get('iteration', '?')}, {self.metric} {shown}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        say(f"trial {trial.trial_id}: done")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        say(f"trial {trial.trial_id}: failed (its error is in the trial table and the log)")
+
+
 def run_search(search: LoadedSearch, *, output_dir: Path | None = None, log=print) -> SearchOutcome:
     base = search.base_job
     settings = StorageSettings.resolve(base.srcluster.s3_endpoint)  # once per driver
@@ -216,6 +237,7 @@ def fit(
                 # PBT restarts trials from other trials' checkpoints, which must still exist by then
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=None if search.spec.scheduler.type == "pbt" else 2),
                 verbose=1,
+                callbacks=[TrialLines(search.metric)],
             ),
         )
     return tuner.fit()
@@ -300,6 +322,13 @@ def finish(
     table.write_text(table_text(outcome, search))
     csv = write_csv(outcome, search, output_dir / "trials.csv")
     outcome.output_dir, outcome.files = output_dir, [plot, table, csv]
+    try:  # a page that cannot be made (a generator gone from storage) costs only the page
+        page = write_trials_page(outcome, search, output_dir / "top_trials.html", settings)
+    except (SrclusterError, OSError, RuntimeError) as exc:
+        log(f"{search.name}: top trials page not written ({exc.__class__.__name__}: {exc})")
+        page = None
+    if page is not None:
+        outcome.files.append(page)
     for file in outcome.files:
         tracker.log_artifact(outcome.parent_run_id, file, "search")
     best = outcome.best

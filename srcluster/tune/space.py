@@ -233,9 +233,10 @@ class LoadedSearch:
         self.dists = {path: parse_dist(path, d, source) for path, d in spec.space.items()}
         if not self.dists:
             raise ConfigError(f"{source}: space: empty; name at least one config key to search")
-        if base.datasets.val is None or not base.val.val_enabled:
+        if not base.validates:
             raise ConfigError(
-                f"{source}: base: the stage has no validation set (datasets.val); a search needs one to score trials"
+                f"{source}: base: the stage does not validate (datasets.val or val_<suffix>, and val.val_enabled); "
+                "a search needs validation to score trials"
             )
         for path in self.dists:
             check_path(self.base, path, f"{source}: space")
@@ -279,6 +280,7 @@ class LoadedSearch:
         for path, value in values.items():
             set_path(data, path, value, f"{self.source}: space")
         data["val"].setdefault("metrics", {})
+        data["val"]["metrics_enabled"] = True  # the objective is scored whatever the stage says (redux's default: off)
         if self.metric_key not in data["val"]["metrics"]:
             data["val"]["metrics"][self.metric_key] = {"type": self.metric_key}
         # Every report carries the objective: Tune's schedulers and Optuna score each result they get.
@@ -355,12 +357,13 @@ def resolve_metric(spec: SearchFile, base: Job, source: str) -> tuple[str, str, 
                 f"{source}: metric: {spec.metric!r} is not a validation metric of the base job "
                 f"({_hint('val_' + key, known)}; or one of {', '.join(perceptual.METRICS.names())})"
             )
-        better = metric_direction(kind, source)
+        chosen = base.val.metrics.get(key)  # a configured `better:` overrides the metric's own direction
+        better = (chosen.better if chosen else None) or metric_direction(kind, source)
         return f"val_{key}", spec.mode or ("max" if better == "higher" else "min"), key
     for kind in PERCEPTUAL_DEFAULTS:
         try:
             better = perceptual.build_metric(kind).better
-        except Exception:  # weights not on this machine (or pyiqa missing): try the next one
+        except Exception:  # weights not on this machine: try the next one
             continue
         key = next((name for name, k in configured.items() if k == kind), kind)
         return f"val_{key}", spec.mode or ("max" if better == "higher" else "min"), key

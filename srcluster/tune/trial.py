@@ -24,7 +24,7 @@ from srcluster.config import Job, job_params
 from srcluster.storage import StorageSettings
 from srcluster.tracking import runs, tags
 from srcluster.tracking.tracker import Tracker
-from srcluster.train import best, loop
+from srcluster.train import best, loop, resume
 from srcluster.train.reporters import TuneReporter
 from srcluster.train.specs import train_data
 from srcluster.train.stage import run_stage
@@ -116,9 +116,11 @@ def single_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         stage.best = best.for_job(
             job, validator.higher_is_better(job.best_metric) if validator and job.best_metric else True
         )
-        reporter = TuneReporter(tracker, trial_run.id, extra=ctx.sampled(config))
+        reporter = TuneReporter(tracker, trial_run.id, extra=ctx.sampled(config), stage=job.name)
         if reporter.restore(stage):
             log(f"restored at iteration {stage.iteration} with lr {stage.optim_g.param_groups[0]['lr']:.3g}")
+        elif job.path.resume_state:  # a new trial's starting point, as for a Ray Train stage (train/loop.py)
+            resume.start_from(stage, job.path.resume_state, settings, log)
         _, accum = job.batch_plan(1)
         loader = train_data(job, 1).loader(
             rank=0, world=1, start=stage.iteration, steps=max(job.train.total_iter - stage.iteration, 0) * accum

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -77,7 +78,7 @@ class Watch:
         run = self.run()
         if run is None:
             return 0
-        history = Tracker().client.get_metric_history(run.info.run_id, "l_g_charbonnierloss")
+        history = Tracker().client.get_metric_history(run.info.run_id, "l_g_charbonnier")
         return max((m.step for m in history), default=0)
 
 
@@ -140,7 +141,7 @@ def test_kill_one_train_worker(stack, ray_cluster, data, fault_record, capfd):
     workers = train_worker_pids()
     assert workers, "no Ray Train worker process found"
     at_kill, saved = run.last_step(), max(run.checkpoints())
-    killed = time.monotonic()
+    killed, killed_ms = time.monotonic(), int(time.time() * 1000)
     os.kill(workers[-1], signal.SIGKILL)
     run.wait(lambda: run.last_step() > at_kill, "training to go on after the kill")
     recover_s = time.monotonic() - killed
@@ -157,11 +158,13 @@ def test_kill_one_train_worker(stack, ray_cluster, data, fault_record, capfd):
     assert resumed and resumed[-1] >= saved  # the latest complete checkpoint, not an older one
     lost = at_kill - resumed[-1]
     assert lost <= 10 + 5  # one checkpoint interval (plus the print_freq lag of the kill-time reading)
-    history = sorted(
-        Tracker().client.get_metric_history(result.run_id, "l_g_charbonnierloss"), key=lambda m: m.timestamp
-    )
-    after_resume = next(m.value for m in history if m.step == resumed[-1] + 5)
-    assert after_resume < history[0].value  # the loss curve goes on from where it was, not from the start
+    # the loss curve goes on from the checkpoint, not from the start: after the kill the run logs only steps past the
+    # checkpoint it resumed from (comparing single-batch loss values is too noisy to tell a restart from a resume)
+    history = Tracker().client.get_metric_history(result.run_id, "l_g_charbonnier")
+    after_kill = sorted(m.step for m in history if m.timestamp > killed_ms)
+    assert after_kill and after_kill[0] > resumed[-1] and after_kill[-1] == 60
+    before_kill = [m.step for m in history if m.timestamp <= killed_ms]
+    assert before_kill and min(before_kill) == 5
     fault_record(
         "kill -9 of one Ray Train worker",
         True,
@@ -241,7 +244,7 @@ def test_mlflow_down_during_a_run_loses_nothing(stack, ray_cluster, data, fault_
 
     sync_spool()  # whatever the workers still held when they ended
     client = Tracker().client
-    steps = {m.step for m in client.get_metric_history(result.run_id, "l_g_charbonnierloss")}
+    steps = {m.step for m in client.get_metric_history(result.run_id, "l_g_charbonnier")}
     assert steps == set(range(5, 81, 5)), sorted(steps)  # every print_freq step, none lost
     assert client.get_run(result.run_id).info.status == "FINISHED"
     fault_record(
@@ -274,7 +277,7 @@ def test_a_checkpoint_cut_off_halfway_is_never_used(stack, ray_cluster, data, fa
     ]
     assert resumed and resumed[0] in (10, 20) and 30 not in resumed, output[-3000:]
     # the rerun reopened the killed run's MLflow run and finished it: one run, one loss curve to the end
-    assert "resuming MLflow run" in output and "iter 40/40" in output
+    assert "continuing MLflow run" in output and "iter 40/40" in output
     run = watcher.run()
     assert run.info.status == "FINISHED" and watcher.last_step() == 40
     third = run_stage(watcher.job)  # the same config once more: the finished run is returned, nothing trains
@@ -318,4 +321,49 @@ def test_non_finite_losses_stop_with_the_last_good_checkpoint(stack, ray_cluster
         True,
         iterations_lost=None,
         note="stopped after 3 with advice; checkpoint 10 intact and finite",
+    )
+
+
+def test_a_preemption_signal_checkpoints_stops_and_a_rerun_resumes(stack, ray_cluster, data, fault_record, capfd):
+    """SIGUSR1 (Slurm's warning before the time limit, forwarded by the rendered sbatch; SIGTERM alike) to a running
+    `srcluster train`: it checkpoints at the next poll, exits 75 with one line, the MLflow run ends KILLED, and running
+    it again resumes from that checkpoint."""
+    job = job_dict("fault-preempt", 400)
+    folder = Path(tempfile.mkdtemp(prefix="preempt-"))
+    (folder / "job.yml").write_text(yaml.safe_dump(job))
+    watch = Watch(job)
+    driver = subprocess.Popen(
+        [str(Path(sys.executable).parent / "srcluster"), "train", "job.yml"],
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (10 in watch.checkpoints() and watch.last_step() >= 15):
+        assert driver.poll() is None, driver.communicate()
+        assert time.monotonic() < deadline, "no checkpoint in 300 s"
+        time.sleep(0.3)
+    at_signal = watch.last_step()
+    signalled = time.monotonic()
+    driver.send_signal(signal.SIGUSR1)
+    out, err = driver.communicate(timeout=300)
+    stop_s = time.monotonic() - signalled
+    assert driver.returncode == 75, (out + err)[-3000:]
+    (line,) = [line for line in err.splitlines() if line.startswith("stopped:")]
+    assert "fault-preempt stopped at iteration" in line and "run the same command again to resume" in line
+    stopped = max(watch.checkpoints())
+    assert at_signal <= stopped < 400 and stopped % 10 == 0  # the poll right after the signal, not a later save
+    assert watch.run().info.status == "KILLED"
+
+    capfd.readouterr()
+    result = run_stage(parse_job({**job, "train": {**job["train"], "total_iter": stopped + 10}}))
+    assert result.iterations == stopped + 10
+    assert f"resumed from checkpoint at iteration {stopped}" in "".join(capfd.readouterr())
+    fault_record(
+        "SIGUSR1 to a running srcluster train (preemption warning)",
+        True,
+        iterations_lost=0,
+        recover_s=stop_s,
+        note=f"checkpoint at {stopped} (signal at ~{at_signal}), exit 75, rerun resumed there",
     )

@@ -1,11 +1,13 @@
 """Pretrained-weight files made by the tests: nothing can be downloaded, so the real loading code reads these."""
 
+import dataclasses
+import hashlib
 import math
 from pathlib import Path
 
 import torch
 
-from srcluster.components import perceptual
+from srcluster.components import hub, perceptual
 
 
 def random_features(arch: str, seed: int, bias_std: float = 0.0) -> dict[str, torch.Tensor]:
@@ -29,3 +31,18 @@ def fake_torch_home(home: Path, archs: tuple[str, ...], seed: int, bias_std: flo
     for arch in archs:
         torch.save(random_features(arch, seed, bias_std), home / "hub" / "checkpoints" / perceptual.HUB_FILES[arch])
     return home
+
+
+def first_conv_file(path: Path, seed: int = 0) -> Path:
+    """A small VGG19 weights file holding only what conv1_1 needs (`features.0.*`), in torchvision's layout: enough
+    for a perceptual loss with `layer_weights: {conv1_1: ...}`."""
+    state = {k: v for k, v in random_features("vgg19", seed).items() if k.startswith("features.0.")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
+def pinned(name: str, file: Path, **changes) -> hub.HubFile:
+    """`hub.FILES[name]` with its sha256 set to `file`'s, for tests that put it in the table: the checksum a test-made
+    file can match (the verification itself stays as it is)."""
+    return dataclasses.replace(hub.FILES[name], sha256=hashlib.sha256(file.read_bytes()).hexdigest(), **changes)

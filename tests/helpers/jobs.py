@@ -7,6 +7,11 @@ from pathlib import Path
 import yaml
 
 TRAIN, VAL = "s3://srcluster/e2e/train", "s3://srcluster/e2e/val"
+# PSNR and SSIM scored at each validation (traiNNer-redux scores nothing unless told)
+SCORED = {
+    "metrics_enabled": True,
+    "metrics": {"psnr": {"type": "calculate_psnr"}, "ssim": {"type": "calculate_ssim"}},
+}
 
 
 def tiny_job(**overrides) -> dict:
@@ -20,7 +25,7 @@ def tiny_job(**overrides) -> dict:
         },
         "network_g": {"type": "superultracompact"},
         "train": {"total_iter": 20, "losses": [{"type": "charbonnierloss", "loss_weight": 1.0}]},
-        "val": {"val_freq": 10},
+        "val": {"val_freq": 10, **SCORED},
         "logger": {"print_freq": 10, "save_checkpoint_freq": 10},
         "srcluster": {"workers": 2},
     }
@@ -42,7 +47,7 @@ def launch_job(name: str, **overrides) -> dict:
                 "val": {"dataroot_gt": LAUNCH_VAL},
             },
             "train": {"total_iter": 4, "losses": [{"type": "charbonnierloss", "loss_weight": 1.0}]},
-            "val": {"val_freq": 4},
+            "val": {"val_freq": 4, **SCORED},
             "logger": {"print_freq": 2, "save_checkpoint_freq": 4},
             "srcluster": {"workers": 1},
             **overrides,

@@ -29,7 +29,11 @@ def gan_job(**overrides) -> dict:
                 {"type": "ganloss", "loss_weight": 0.1},
             ],
         },
-        "val": {"val_freq": 4, "metrics": {"psnr": {"type": "calculate_psnr", "test_y_channel": True}}},
+        "val": {
+            "val_freq": 4,
+            "metrics_enabled": True,
+            "metrics": {"psnr": {"type": "calculate_psnr", "test_y_channel": True}},
+        },
         "logger": {"print_freq": 4, "save_checkpoint_freq": 4},
         "srcluster": {"workers": 2, "cpus_per_worker": 1},
     }
@@ -50,7 +54,7 @@ def search_file(tmp_path, job: dict | None = None, **overrides) -> dict:
                 "choice": [{"lq_size": 16, "batch_size_per_gpu": 2}, {"lq_size": 8, "batch_size_per_gpu": 4}]
             },
             "train.optim_g.betas": {"choice": [[0.9, 0.99], [0.5, 0.9]]},
-            "network_d.type": {"choice": ["unetdiscriminatorsn", "patchgan"]},
+            "network_d.type": {"choice": ["unetdiscriminatorsn", "dunet"]},
         },
     }
     search.update(overrides)

@@ -2,10 +2,12 @@
 and the plan: tests/unit/test_recipes.py)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from helpers.drivers import checkpoint_recorded, kill_when
+from srcluster.page import read_data
 from srcluster.recipes.pipeline import STAGES, parse_recipe
 
 LINEAGE_TRAIN, LINEAGE_VAL = "s3://srcluster/lineage/train", "s3://srcluster/lineage/val"
@@ -22,7 +24,7 @@ def toy_recipe() -> dict:
         },
         "network_g": {"type": "superultracompact"},
         "train": {"total_iter": 8, "losses": [{"type": "charbonnierloss"}]},
-        "val": {"val_freq": 4},
+        "val": {"val_freq": 4, "metrics_enabled": True, "metrics": {"psnr": {"type": "calculate_psnr"}}},
         "logger": {"print_freq": 4, "save_checkpoint_freq": 4},
         "srcluster": {"workers": 2},
         "stages": {
@@ -94,7 +96,7 @@ def test_pipeline_registers_chains_resumes_and_reports(stack, ray_cluster, tmp_p
     output = second.stdout + second.stderr
     assert second.returncode == 0, output[-4000:]
     assert f"already trained in MLflow run {before['fidelity_2x'].info.run_id}" in output
-    assert f"resuming MLflow run {before['fidelity_4x'].info.run_id}" in output
+    assert f"continuing MLflow run {before['fidelity_4x'].info.run_id}" in output
     assert "resumed from checkpoint at iteration " in output
     assert "pretrain: loaded" in output and "from models:/lineage-fidelity_4x/1" in output  # stage 3, via the registry
 
@@ -111,7 +113,7 @@ def test_pipeline_registers_chains_resumes_and_reports(stack, ray_cluster, tmp_p
     # the stage rules: stage 2 loads loosely (2x -> 4x), stage 3 trains G against D with the GAN losses
     assert runs["fidelity_4x"].data.params["path.strict_load_g"] == "False"
     assert runs["gan_4x"].data.params["path.strict_load_g"] == "True" and runs["gan_4x"].data.params["scale"] == "4"
-    assert {"l_g_gan", "l_g_mssimloss", "l_g_hsluvloss", "l_d_real", "l_d_fake"} <= set(runs["gan_4x"].data.metrics)
+    assert {"l_g_gan", "l_g_mssim", "l_g_hsluv_hue", "l_d_real", "l_d_fake"} <= set(runs["gan_4x"].data.metrics)
 
     # 3. three registered models, one version each, with lineage chaining through the registry
     for stage in STAGES:
@@ -142,6 +144,11 @@ def test_pipeline_registers_chains_resumes_and_reports(stack, ray_cluster, tmp_p
     width, height = Image.open(report).size
     assert width > 500 and height > 400
     assert [f.path for f in client.list_artifacts(parent, "report")] == [f"report/{os.path.basename(report)}"]
+    # and the comparison page: every stage, bicubic and HR on the validation images, logged to the parent run
+    page = output.split("comparison page: ", 1)[1].split()[0]
+    assert [f.path for f in client.list_artifacts(parent, "compare")] == [f"compare/{os.path.basename(page)}"]
+    shown = read_data(Path(page).read_text())
+    assert [s["name"] for s in shown["sources"]] == ["lr", "bicubic", "fidelity_2x", "fidelity_4x", "gan_4x", "hr"]
 
     # 5. promote, lineage, and the alias as a pretrain source
     assert main(["promote", "lineage-gan_4x", "1", "--alias", "champion", "--reason", "e2e"]) == 0

@@ -71,13 +71,18 @@ def test_the_sbatch_script_runs_the_stage_on_slurm(stack, sample_data, slurm, tm
         "--ray-args",
         shlex.join(ray_start_args(ray_temp)),
         "--setup",
-        f"export PATH={shlex.quote(str(BIN))}:$PATH SRCLUSTER_HEAD_IP=127.0.0.1",
+        # the node's own srcluster home, as a site's setup would set it: the submitter's is never shipped
+        f"export PATH={shlex.quote(str(BIN))}:$PATH SRCLUSTER_HEAD_IP=127.0.0.1 SRCLUSTER_HOME={home.home()}",
         "-o",
         "job.sbatch",
     ]
     assert main(args) == 0, capsys.readouterr().err
     script = (tmp_path / "job.sbatch").read_text()
-    assert f"export SRCLUSTER_HOME={home.home()}" in script
+    assert f"export SRCLUSTER_HOME={home.home()}\n" not in script  # local state stays here (the setup line sets it)
+    assert (
+        "#SBATCH --signal=B:USR1@120" in script
+        and 'srun --overlap --nodes=1 --ntasks=1 --cpus-per-task="$RAY_CPUS"' in script
+    )
 
     # sbatch passes its environment on: give it none of this session's Ray, only what the script itself sets up
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_", "MLFLOW_", "SRCLUSTER_"))}

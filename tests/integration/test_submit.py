@@ -1,8 +1,10 @@
 """`srcluster submit` / `srcluster jobs` against a real Ray head started with `ray start --head` on 127.0.0.1 (its own
 ports, temp dir and auth token; not the session's `ray_cluster`), and the plain `ray job submit` form from the docs.
 
-The head's environment has no SRCLUSTER_HOME, MLFLOW_* or AWS_*: a job only reaches the test stack through what the
-submission carries, as on a real cluster. Bad input is checked to fail in one line before anything is submitted.
+The head's environment has no MLFLOW_* or AWS_*, and an SRCLUSTER_HOME of its own (as a cluster node has: where it
+finds its credentials): a job reaches the test stack only through the endpoints the submission carries, as on a
+real cluster, and the submitter's local state (its home, AWS profile, credentials file) never travels. Bad input
+is checked to fail in one line before anything is submitted.
 """
 
 from __future__ import annotations
@@ -157,9 +159,10 @@ def ray_head(stack):
     temp = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
     token = secrets.token_hex(32)
     env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
-    proc, address = start_head(temp, env, token)
+    node_env = {**env, "SRCLUSTER_HOME": str(home.home())}  # the node's own; clients (env) have none
+    proc, address = start_head(temp, node_env, token)
     if proc is None:  # one more try: on a busy machine the raylet can miss ray start's 30 s registration window
-        proc, address = start_head(temp, env, token)
+        proc, address = start_head(temp, node_env, token)
     if proc is None:
         shutil.rmtree(temp, ignore_errors=True)
         pytest.fail(f"ray start --head failed twice:\n{address}")
@@ -216,6 +219,7 @@ def test_srcluster_submit_follow_runs_the_stage_on_the_head(stack, sample_data, 
     assert info["status"] == "SUCCEEDED" and info["entrypoint"] == "srcluster train job.yml"
     spec = json.dumps(info["runtime_env"])
     assert local_secret() not in spec and CANARY not in spec and "AKIACANARY" not in spec
+    assert not {"SRCLUSTER_HOME", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE"} & set(info["runtime_env"]["env_vars"])
     assert info["runtime_env"]["env_vars"]["MLFLOW_TRACKING_URI"] == os.environ["MLFLOW_TRACKING_URI"]
 
     status = run_cli(
@@ -353,6 +357,31 @@ def test_the_working_folder_holds_the_job_and_its_local_files_and_the_env_no_sec
         assert CANARY not in json.dumps(submission.runtime_env) and "AKIACANARY" not in json.dumps(
             submission.runtime_env
         )
+    finally:
+        submission.workdir.cleanup()
+
+
+def test_a_local_redux_state_travels_with_the_networks_redux_saved_beside_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "experiments" / "x"
+    (run / "training_states").mkdir(parents=True)
+    (run / "models" / "resume_models").mkdir(parents=True)
+    for file in (
+        "training_states/1000.state",
+        "models/net_g_ema_1000.safetensors",
+        "models/resume_models/net_g_1000.safetensors",
+        "models/net_g_ema_500.safetensors",
+    ):
+        (run / file).write_bytes(b"x")
+    write_job(tmp_path, launch_job("redux", path={"resume_state": "experiments/x/training_states/1000.state"}))
+    submission = prepare("job.yml")
+    try:
+        assert submission.files() == [
+            "experiments/x/models/net_g_ema_1000.safetensors",
+            "experiments/x/models/resume_models/net_g_1000.safetensors",
+            "experiments/x/training_states/1000.state",
+            "job.yml",
+        ]
     finally:
         submission.workdir.cleanup()
 

@@ -12,7 +12,7 @@ from srcluster.config import parse_job
 from srcluster.data.shards import write_shards
 from srcluster.data.stream import train_loader
 from srcluster.degrade.filters import usm_sharpen
-from srcluster.degrade.pipeline import Plan, apply
+from srcluster.degrade.pipeline import Plan, pair
 from srcluster.train.batch import to_batch
 from srcluster.train.state import build_stage
 from srcluster.train.step import train_step
@@ -135,9 +135,10 @@ def test_device_path_yields_the_plan_and_gives_the_workers_lr(shards):
     common = dict(crop=32, batch_size=4, seed=3, steps=3, scale=2, with_keys=True, degradations=cfg)
     in_workers = list(train_loader(shards, **common))
     on_device = list(train_loader(shards, degrade_in_workers=False, **common))
-    for (hr, lr, keys), (hr2, plan, keys2) in zip(in_workers, on_device, strict=True):
-        assert isinstance(plan, Plan) and keys == keys2 and torch.equal(hr, hr2)
-        assert torch.equal(lr, apply(hr2, plan).mul(255).round().to(torch.uint8))
+    for (hr, lr, keys), (crop, plan, keys2) in zip(in_workers, on_device, strict=True):
+        assert isinstance(plan, Plan) and keys == keys2 and crop.shape[-1] == 64  # gt_size + 32, as traiNNer-redux
+        patch, lr2 = pair(crop, plan)  # what the training step does with it
+        assert torch.equal(hr, patch) and torch.equal(lr, lr2.mul(255).round().to(torch.uint8))
 
 
 @pytest.mark.parametrize(
@@ -199,7 +200,7 @@ def test_training_steps_with_degradations(shards, degrade_on):
         degrade_in_workers=parsed.degrade_in_workers,
     )
     batches = iter(loader)
-    losses = [train_step(stage, batches, 1)["l_g_charbonnierloss"] for _ in range(10)]
+    losses = [float(train_step(stage, batches, 1)["l_g_charbonnier"]) for _ in range(10)]
     assert stage.iteration == 10 and all(np.isfinite(losses))
 
 
@@ -227,4 +228,4 @@ def test_a_ray_stage_trains_on_degraded_lr(stack, ray_cluster):
     params = run.data.params
     assert params["datasets.train.degradations.high_order_degradation"] == "True"
     assert params["datasets.train.degradations.kernel_range"] == "[3, 11]"
-    assert np.isfinite(run.data.metrics["l_g_charbonnierloss"]) and run.data.metrics["val_psnr"] > 10
+    assert np.isfinite(run.data.metrics["l_g_charbonnier"]) and run.data.metrics["val_psnr"] > 10

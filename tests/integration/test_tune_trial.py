@@ -62,7 +62,7 @@ def search(tmp_path):
             "total_iter": 4,
             "losses": [{"type": "charbonnierloss", "loss_weight": 1.0}, {"type": "ganloss", "loss_weight": 0.1}],
         },
-        "val": {"val_freq": 2, "metrics": {"psnr": {"type": "calculate_psnr"}}},
+        "val": {"val_freq": 2, "metrics_enabled": True, "metrics": {"psnr": {"type": "calculate_psnr"}}},
     }
     (tmp_path / "base.yml").write_text(yaml.safe_dump(job))
     spec = {

@@ -25,16 +25,19 @@ COMMANDS = [
     "train",
     "pipeline",
     "evaluate",
+    "compare",
     "degrade",
     "sync",
     "demo",
     "promote",
     "lineage",
     "upscale",
+    "export",
     "tune",
     "submit",
     "jobs",
     "render",
+    "weights",
 ]
 
 

@@ -92,7 +92,7 @@ def test_check_command_prints_resolved_job_and_errors(tmp_path, capsys):
     good.write_text(yaml.safe_dump(MINIMAL))
     assert main(["check", str(good), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["effective_batch"] == 16 and out["job"]["train"]["ema_decay"] == 0.999
+    assert out["effective_batch"] == 16 and out["job"]["train"]["ema_decay"] == 0.0
 
     bad = tmp_path / "bad.yml"
     bad.write_text(yaml.safe_dump(with_("datasets.train.lq_siz", 3)))
@@ -128,8 +128,8 @@ def test_every_trainner_redux_template_loads_with_its_ignored_keys_named(templat
     for warning in job.warnings:  # each one says which key and why
         assert warning.startswith(f"{template}: ") and ("ignored (" in warning or "not implemented" in warning)
     assert any("num_gpu: ignored" in w for w in job.warnings)
-    if "gan" in template:
-        assert any("ldlloss (weight 0) ignored" in w for w in job.warnings)
+    # every loss the templates list (their optional ones at weight 0 included) is implemented: none is dropped
+    assert not any("(weight 0) ignored" in w for w in job.warnings)
     degradations = job.datasets.train.degradations
     if "_OTF_" in template:  # Real-ESRGAN's pipeline with the template's own kernels and ranges
         assert degradations is not None and degradations.high_order_degradation
@@ -144,17 +144,27 @@ def test_trainner_logger_options_srcluster_replaces_are_warnings():
     assert job.warnings == [
         "job.yml: logger.use_tb_logger: ignored (metrics go to MLflow)",
         (
-            "job.yml: logger.save_checkpoint_format: pth ignored (srcluster writes safetensors, which "
-            "spandrel/chaiNNer and traiNNer-redux load)"
+            "job.yml: logger.save_checkpoint_format: pth ignored (for checkpoints: srcluster writes safetensors, "
+            "which spandrel/chaiNNer and traiNNer-redux load; the exported generator is written as .pth too)"
         ),
     ]
     assert "logger.use_tb_logger" not in flatten(job.model_dump(mode="json"))  # lifted out: not a job option
     assert not parse_job(with_("logger.save_checkpoint_format", "safetensors")).warnings
 
 
-def test_unimplemented_trainner_loss_with_weight_is_an_error():
-    with pytest.raises(ConfigError, match=r"train.losses\[1\].type: traiNNer-redux's 'ldlloss' is not implemented"):
-        parse_job(with_("train.losses", [{"type": "charbonnierloss"}, {"type": "ldlloss", "loss_weight": 1.0}]))
+def test_every_trainner_loss_is_built_and_a_misspelt_one_is_one_line():
+    from srcluster.components.losses import LOSSES
+    from srcluster.config.compat import REFUSED_LOSSES, TRAINNER_LOSSES
+
+    assert REFUSED_LOSSES == {}
+    assert sorted(TRAINNER_LOSSES - set(LOSSES.names())) == []  # none left unimplemented either
+    losses = [{"type": "charbonnierloss"}, {"type": "linedistilerloss", "loss_weight": 1.0}]
+    with pytest.raises(ConfigError) as error:
+        parse_job(with_("train.losses", losses), "job.yml")
+    assert str(error.value).startswith(
+        "job.yml: train.losses[1].type: unknown loss 'linedistilerloss' (did you mean 'linedistillerloss'"
+    )
+    assert "\n" not in str(error.value)
 
 
 def test_component_options_are_checked():
@@ -229,3 +239,7 @@ def test_where_degradations_run():
     assert not parse_job({**MINIMAL, "srcluster": {"use_gpu": True}}).degrade_in_workers  # GPU: in the step
     assert parse_job({**MINIMAL, "srcluster": {"use_gpu": True, "degrade_on": "workers"}}).degrade_in_workers
     assert not parse_job({**MINIMAL, "srcluster": {"degrade_on": "device"}}).degrade_in_workers
+    # video codecs code on the CPU: with one on, degradations run in the workers, and a `device` choice is named
+    coded = parse_job({**MINIMAL, "video_codec_prob": 0.5, "srcluster": {"use_gpu": True, "degrade_on": "device"}})
+    assert coded.degrade_in_workers
+    assert any("srcluster.degrade_on: device ignored (video codecs" in w for w in coded.warnings)

@@ -1,4 +1,5 @@
-"""Noise, JPEG (libjpeg and DiffJPEG) and video codecs: each moves the image the way it should, by the right amount."""
+"""Noise, JPEG (libjpeg, its batched model and traiNNer-redux's DiffJPEG) and video codecs: each moves the image the
+way it should, by the right amount."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 from skimage import data
 
-from srcluster.degrade.jpeg import diff_jpeg, jpeg_pil
+from srcluster.degrade.jpeg import diff_jpeg, jpeg_pil, libjpeg_model
 from srcluster.degrade.noise import GAUSSIAN, POISSON, Noise, add_noise
 from srcluster.degrade.poisson import poisson_from_uniform
 from srcluster.degrade.video import CODECS, encode_clip
@@ -66,26 +67,35 @@ def test_poisson_noise_follows_basicsr() -> None:
 
 def test_jpeg_psnr_falls_monotonically_with_quality(photo: torch.Tensor) -> None:
     qualities = [95, 75, 50, 25, 10, 5]
-    for codec in (lambda x, q: jpeg_pil(x, [q] * len(x)), lambda x, q: diff_jpeg(x, torch.full((len(x),), float(q)))):
+    for codec in (
+        lambda x, q: jpeg_pil(x, [q] * len(x)),
+        lambda x, q: libjpeg_model(x, torch.full((len(x),), float(q))),
+        lambda x, q: diff_jpeg(x, torch.full((len(x),), float(q))),
+    ):
         psnrs = [_psnr(codec(photo, q), photo) for q in qualities]
         assert psnrs == sorted(psnrs, reverse=True), psnrs
         assert psnrs[0] - psnrs[-1] > 8
 
 
-def test_diffjpeg_is_close_to_libjpeg(photo: torch.Tensor) -> None:
+def test_libjpeg_model_is_close_to_libjpeg(photo: torch.Tensor) -> None:
     for q in (10, 50, 90):
         real = jpeg_pil(photo, [q, q])
-        model = diff_jpeg(photo, torch.tensor([q, q], dtype=torch.float32))
+        model = libjpeg_model(photo, torch.tensor([q, q], dtype=torch.float32))
         assert _psnr(model, real) > 38  # a few levels apart at most, against 27-40 dB of JPEG loss itself
         assert abs(_psnr(model, photo) - _psnr(real, photo)) < 0.3
     odd = photo[..., :37, :45]  # sizes that are not multiples of the 16 x 16 macroblock
+    assert libjpeg_model(odd, torch.tensor([50.0, 50.0])).shape == odd.shape
     assert diff_jpeg(odd, torch.tensor([50.0, 50.0])).shape == odd.shape
 
 
-def test_diffjpeg_passes_gradients_when_asked(photo: torch.Tensor) -> None:
+@pytest.mark.parametrize(
+    ("model", "least"),
+    [(libjpeg_model, 0.5), (diff_jpeg, 0.1)],  # redux's round(x) + (x - round(x))**3 passes less than straight-through
+)
+def test_jpeg_models_pass_gradients_when_asked(photo: torch.Tensor, model, least: float) -> None:
     x = photo.clone().requires_grad_(True)
-    diff_jpeg(x, torch.tensor([50.0, 50.0]), differentiable=True).sum().backward()
-    assert x.grad is not None and float(x.grad.abs().mean()) > 0.5
+    model(x, torch.tensor([50.0, 50.0]), differentiable=True).sum().backward()
+    assert x.grad is not None and bool(x.grad.isfinite().all()) and float(x.grad.abs().mean()) > least
 
 
 def _u8(x: torch.Tensor) -> np.ndarray:

@@ -103,7 +103,10 @@ def test_misplaced_keys_say_where_they_belong() -> None:
         ({"video_crf_range": [20, 60]}, "job.yml: video_crf_range[1]: Input should be less than or equal to 51"),
         ({"blur_prop": 0.5}, "job.yml: blur_prop: unknown key (did you mean 'blur_prob'?)"),
         ({"second_blur_prob": 0.8, "blur_prob2": 0.3}, "job.yml: blur_prob2: given twice"),
-        ({"jpeg_backend": "libjpeg"}, "job.yml: jpeg_backend: Input should be 'auto', 'pil' or 'diffjpeg'"),
+        (
+            {"jpeg_backend": "auto"},
+            "job.yml: jpeg_backend: Input should be 'diffjpeg', 'libjpeg', 'libjpeg_codec' or 'libjpeg_model'",
+        ),
     ],
 )
 def test_bad_configs_are_rejected_naming_the_key(data: dict, expected: str) -> None:

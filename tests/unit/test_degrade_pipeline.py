@@ -11,7 +11,7 @@ from PIL import Image
 from skimage import data
 
 from srcluster.degrade.config import Degradations
-from srcluster.degrade.pipeline import apply, describe, draw
+from srcluster.degrade.pipeline import apply, crop_size, describe, draw, pair
 from srcluster.degrade.preview import preview
 from srcluster.degrade.resize import imresize
 from srcluster.degrade.seeds import sample_seed
@@ -70,12 +70,13 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(scope="module")
 def hr() -> torch.Tensor:
-    """(8, 3, 64, 64) real photo crops in [0, 1]."""
+    """(8, 3, 96, 96) real photo crops in [0, 1]: what the data workers cut for 64 px patches with high-order
+    degradations (traiNNer-redux's gt_size + 32)."""
     rng = np.random.default_rng(0)
     crops = []
     for photo in (data.astronaut(), data.coffee(), data.chelsea(), data.rocket()) * 2:
-        y, x = rng.integers(0, photo.shape[0] - 64), rng.integers(0, photo.shape[1] - 64)
-        crops.append(photo[y : y + 64, x : x + 64])
+        y, x = rng.integers(0, photo.shape[0] - 96), rng.integers(0, photo.shape[1] - 96)
+        crops.append(photo[y : y + 96, x : x + 96])
     return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255)
 
 
@@ -101,24 +102,27 @@ def test_same_seeds_give_bit_identical_lr_however_the_batch_is_cut(hr: torch.Ten
 
 
 @pytest.mark.parametrize(("scale", "gt"), [(4, 64), (2, 48), (3, 36), (4, 16), (1, 24)])
-def test_every_path_gives_exactly_the_lr_size(hr: torch.Tensor, scale: int, gt: int) -> None:
-    x = hr[:, :, :gt, :gt]
+def test_every_path_gives_exactly_the_patch_sizes(hr: torch.Tensor, scale: int, gt: int) -> None:
     lq = gt // scale
     for settings in (
         {},
         {"video_codec_prob": 1.0, **ALL_CODECS},
         EVERYTHING,
-        {**EVERYTHING, "jpeg_backend": "diffjpeg"},
+        {**EVERYTHING, "jpeg_backend": "libjpeg"},
+        {**EVERYTHING, "jpeg_backend": "libjpeg_model"},
         {**EVERYTHING, "resize_prob": [1, 0, 0], "resize_prob2": [0, 1, 0]},
         {**EVERYTHING, "resize_prob": [0, 1, 0], "resize_prob2": [0, 0, 1], "resize_range": [0.15, 0.2]},
     ):
         cfg = Degradations.model_validate(settings)
-        lr = apply(x, draw(cfg, _seeds(len(x)), scale, gt))
-        assert lr.shape == (len(x), 3, lq, lq) and lr.dtype == torch.float32
+        crop = crop_size(cfg, gt, scale)
+        x = hr[:, :, :crop, :crop]
+        patch, lr = pair(x, draw(cfg, _seeds(len(x)), scale, gt))
+        assert patch.shape == (len(x), 3, gt, gt) and lr.shape == (len(x), 3, lq, lq) and lr.dtype == torch.float32
         assert float(lr.min()) >= 0 and float(lr.max()) <= 1
 
 
 def test_without_high_order_degradation_lr_is_matlab_bicubic(hr: torch.Tensor) -> None:
+    hr = hr[..., :64, :64].contiguous()  # no border without high-order degradations
     before = hr.clone()
     lr = apply(hr, draw(Degradations(), _seeds(8), 4, 64))
     assert torch.equal(lr, imresize(hr, 1 / 4, kernel="bicubic").clamp(0, 1))
@@ -166,15 +170,16 @@ def test_plans_pickle_and_describe_their_steps(hr: torch.Tensor) -> None:
         assert steps[0].startswith(("usm", "thick", "blur")) and any(s.startswith("resize ") for s in steps)
         assert ("jpeg q" in " ".join(steps)) == bool(plan.jpeg1.on[i])
         assert any(s.startswith(("h264", "mpeg2", "mpeg4")) for s in steps) == bool(plan.codec.on[i])
+    assert any(s.startswith("crop 64px at") for s in describe(plan, 0))
     assert describe(draw(Degradations(), _seeds(1), 4, 64), 0) == ["bicubic x1/4"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 def test_the_gpu_path_matches_the_cpu_path(hr: torch.Tensor) -> None:
-    cfg = Degradations.model_validate({**EVERYTHING, "jpeg_backend": "diffjpeg", "video_codec_prob": 0.0})
+    cfg = Degradations.model_validate({**EVERYTHING, "video_codec_prob": 0.0})
     plan = draw(cfg, _seeds(8), 4, 64)
     on_gpu = apply(hr.cuda(), plan)
-    assert on_gpu.device.type == "cuda" and on_gpu.shape == (8, 3, 16, 16)
+    assert on_gpu.device.type == "cuda" and on_gpu.shape == (8, 3, 24, 24)
     assert _psnr(on_gpu.cpu(), apply(hr, plan)) > 35  # same plan; float rounding may flip a few 8-bit levels
 
 

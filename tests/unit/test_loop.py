@@ -9,14 +9,14 @@ import re
 import pytest
 import torch
 
+from helpers.batches import HRBatches, Recorder
 from helpers.images import PHOTO, save
 from srcluster.config import Metric, parse_job
 from srcluster.infer import upscaler
 from srcluster.train import best
-from srcluster.train.loop import run
-from srcluster.train.reporters import Reporter
+from srcluster.train.loop import STOP_POLL_EVERY, run
 from srcluster.train.state import build_stage
-from srcluster.train.validate import Validator, ValImage, build_metrics, build_validator, prepare
+from srcluster.train.validate import Validator, ValImage, ValSet, build_metrics, build_validator, prepare
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -32,7 +32,7 @@ def job(val_folder, **overrides):
         },
         "network_g": {"type": "compact", "num_feat": 8, "num_conv": 2},
         "train": {"total_iter": 6, "ema_decay": 0.9, "losses": [{"type": "charbonnierloss"}]},
-        "val": {"val_freq": 3, "metrics": {"psnr": {"type": "calculate_psnr"}}},
+        "val": {"val_freq": 3, "metrics_enabled": True, "metrics": {"psnr": {"type": "calculate_psnr"}}},
         "logger": {"print_freq": 2, "save_checkpoint_freq": 4},
         "srcluster": {"workers": 1},
     }
@@ -47,43 +47,12 @@ def val_folder(tmp_path):
     return tmp_path / "val"
 
 
-class Batches:
-    def __init__(self, n: int, batch: int = 2, size: int = 16):
-        g = torch.Generator().manual_seed(0)
-        self.items = [torch.randint(0, 256, (batch, 3, size, size), generator=g, dtype=torch.uint8) for _ in range(n)]
-
-    def __iter__(self):
-        return iter(self.items)
-
-    def counts(self) -> dict[str, int]:
-        return {"data_skipped": 0}
-
-
-class Recorder(Reporter):
-    def __init__(self):
-        super().__init__(tracker=None, run_id="r")
-        self.reports, self.logged, self.artifacts, self.published = [], [], [], []
-
-    def report(self, stage, metrics, *, save, validated):
-        self.reports.append((metrics["iteration"], save, validated, metrics))
-
-    def log(self, metrics, step):
-        self.logged.append(step)
-
-    def log_artifact(self, path, folder):
-        assert path.stat().st_size > 0
-        self.artifacts.append((path.name, folder))
-
-    def publish_best(self, stage):
-        self.published.append(stage.best.iteration)
-
-
 def train(config, n=6):
     stage = build_stage(config, torch.device("cpu"), log=lambda _: None)
     validator = build_validator(config)
     stage.best = best.for_job(config, validator.higher_is_better(config.best_metric))
     recorder = Recorder()
-    run(stage, Batches(n), validator, recorder)
+    run(stage, HRBatches(n), validator, recorder)
     return stage, recorder
 
 
@@ -100,7 +69,7 @@ def test_loop_reports_at_log_validation_and_save_points(val_folder):
     assert recorder.logged == [2, 3, 4, 6]
     last = recorder.reports[-1][3]
     assert {
-        "l_g_charbonnierloss",
+        "l_g_charbonnier",
         "lr",
         "data_wait_fraction",
         "samples_per_s",
@@ -109,7 +78,13 @@ def test_loop_reports_at_log_validation_and_save_points(val_folder):
         "val_bicubic_psnr",
     } <= set(last)
     assert last["stopped_early"] == 0 and "val_psnr" not in recorder.reports[0][3]
-    assert recorder.artifacts == [("val_0000003.png", "comparisons"), ("val_0000006.png", "comparisons")]
+    # each validation: its grid, and the stage's comparison page rewritten with one more checkpoint
+    assert recorder.artifacts == [
+        ("val_0000003.png", "comparisons"),
+        ("validation.html", "compare"),
+        ("val_0000006.png", "comparisons"),
+        ("validation.html", "compare"),
+    ]
     assert recorder.published and recorder.published[0] == 3  # the first validation is always the best so far
 
 
@@ -133,6 +108,24 @@ def test_plateau_stops_every_rank_at_the_same_validation_with_a_checkpoint(val_f
     assert (it, save, validated, metrics["stopped_early"]) == (6, True, True, 1)
 
 
+def test_a_stop_request_checkpoints_at_the_next_poll_and_stops(val_folder):
+    """A preemption signal reaches the driver; rank 0 sees it at the next poll (every STOP_POLL_EVERY iterations),
+    saves a checkpoint there and the loop ends, well before total_iter."""
+
+    class Preempting(Recorder):
+        def stop_requested(self):
+            return "SIGUSR1" if self.reports and self.reports[-1][0] >= 12 else None
+
+    config = job(val_folder, train={"total_iter": 100, "losses": [{"type": "charbonnierloss"}]}, val={"val_freq": 50})
+    stage = build_stage(config, torch.device("cpu"), log=lambda _: None)
+    recorder = Preempting()
+    run(stage, HRBatches(100), build_validator(config), recorder)
+    assert STOP_POLL_EVERY == 10
+    assert stage.iteration == 20  # asked after the report at 12: the poll at 20 stops it
+    it, save, _, _ = recorder.reports[-1]
+    assert (it, save) == (20, True)
+
+
 def test_out_of_memory_names_the_batch_knobs(val_folder, monkeypatch):
     stage = build_stage(job(val_folder), torch.device("cpu"), log=lambda _: None)
 
@@ -142,13 +135,17 @@ def test_out_of_memory_names_the_batch_knobs(val_folder, monkeypatch):
     monkeypatch.setattr("srcluster.train.loop.train_step", oom)
     advice = re.escape("lq_size 8, batch_size_per_gpu 2: lower datasets.train.lq_size")
     with pytest.raises(torch.OutOfMemoryError, match=advice):
-        run(stage, Batches(1), None, Recorder())
+        run(stage, HRBatches(1), None, Recorder())
 
 
 def test_validation_upscales_on_the_jobs_tiles_through_the_inference_module(val_folder, monkeypatch):
-    config = job(val_folder, val={"tile_size": 8, "tile_overlap": 4, "metrics": {"psnr": {"type": "calculate_psnr"}}})
+    config = job(
+        val_folder,
+        val={"tile_size": 8, "tile_overlap": 4, "metrics": {"psnr": {"type": "calculate_psnr"}}},
+        srcluster={"val_tiling": "context"},  # default: redux's blended tiles (tests/unit/test_upscale.py)
+    )
     validator = build_validator(config)
-    assert (validator.tile_size, validator.tile_overlap, validator.save_img) == (8, 4, True)
+    assert (validator.tile_size, validator.tile_overlap, validator.tiling) == (8, 4, "context") and validator.save_img
     net = build_stage(config, torch.device("cpu"), log=lambda _: None).raw_g  # 3 convs 3x3: sees 3 LR pixels around
     calls = []
     real = upscaler.tiled_upscale
@@ -159,7 +156,7 @@ def test_validation_upscales_on_the_jobs_tiles_through_the_inference_module(val_
     hook.remove()
     assert calls == [(2, 8, 4)]  # scale, tile, overlap
     assert max(h for h, _ in shapes) <= 8 + 2 * 4 and len(shapes) == 3 * 3  # a 20x24 LR image in 8x8 tiles
-    whole = Validator(validator.images, validator.metrics, 2)(net)  # tile 0: one pass
+    whole = Validator(validator.sets, validator.metrics, 2)(net)  # tile 0: one pass
     assert tiled["val_psnr"] == pytest.approx(whole["val_psnr"], abs=1e-9)  # overlap >= receptive field: exact
 
 
@@ -176,9 +173,11 @@ def test_validator_scores_model_and_bicubic_and_writes_the_grid(tmp_path):
         def forward(self, x):
             return torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
 
-    validator = Validator(images, build_metrics({"psnr": Metric(type="calculate_psnr")}, 2), 2, save_img=False)
+    metrics = build_metrics({"psnr": Metric(type="calculate_psnr")}, 2)
+    validator = Validator([ValSet("val", "Val", images)], metrics, 2, save_img=False)
     scores = validator(Nearest(), tmp_path / "grid.png")
-    assert set(scores) == {"val_psnr", "val_bicubic_psnr"} and not (tmp_path / "grid.png").exists()
+    assert set(scores) == {"val_psnr", "val_bicubic_psnr", "metrics/Val/psnr", "metrics/Val/bicubic_psnr"}
+    assert not (tmp_path / "grid.png").exists()
     validator.save_img = True
     validator(Nearest(), tmp_path / "grid.png")
     assert (tmp_path / "grid.png").stat().st_size > 0

@@ -276,3 +276,59 @@ def test_the_rendered_examples_in_infra_are_current(tmp_path, monkeypatch, capsy
         assert capsys.readouterr().out == (root / target).read_text(), (
             f"{target} is stale: python infra/render_examples.py"
         )
+
+
+def test_launchers_ship_no_local_state_and_carry_the_jobs_nccl_settings(tmp_path, monkeypatch, capsys, secrets_in_env):
+    """The submitter's srcluster home, AWS profile and credentials file stay here (nodes resolve their own); the job's
+    `srcluster.env` reaches every node; a finished RayJob frees its GPUs within a minute; on Slurm each job gets ports
+    and a Ray temp dir of its own, every `ray start` step its CPUs, and the time limit's warning signal."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SRCLUSTER_HOME", str(tmp_path / "my-home"))
+    monkeypatch.setenv("AWS_PROFILE", "my-laptop-profile")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    (tmp_path / "credentials").write_text("[my-laptop-profile]\naws_access_key_id = A\naws_secret_access_key = B\n")
+    nccl = {"NCCL_SOCKET_IFNAME": "ib0", "NCCL_IB_HCA": "mlx5"}
+    job = launch_job("nccl-stage", srcluster={"workers": 4, "use_gpu": True, "env": nccl})
+    write_job(tmp_path, job)
+    _, sbatch, err = render(capsys, "slurm", "job.yml", "--nodes", "2", "--gpus-per-node", "2")
+    assert err == "" or "warning" in err
+    _, manifest, _ = render(
+        capsys, "k8s", "job.yml", "--image", "registry.example/sr:1", "--workers", "2", "--gpus-per-worker", "2"
+    )
+    for text in (sbatch, manifest):
+        assert "my-home" not in text and "my-laptop-profile" not in text and str(tmp_path / "credentials") not in text
+        assert "SRCLUSTER_HOME" not in text and "AWS_PROFILE" not in text
+        assert "ib0" in text and "mlx5" in text
+    assert "export NCCL_SOCKET_IFNAME=ib0" in sbatch
+    assert "export SRCLUSTER_ON_CLUSTER=1" in sbatch and "SRCLUSTER_ON_CLUSTER" in manifest  # cluster defaults
+
+    assert "#SBATCH --signal=B:USR1@120" in sbatch and 'kill -USR1 "$DRIVER"' in sbatch
+    assert sbatch.count('--cpus-per-task="$RAY_CPUS"') == 2  # the head's step and the workers'
+    assert (
+        "PORT_BLOCK=$((20000 + (SLURM_JOB_ID % 450) * 100))" in sbatch and "--temp-dir=/tmp/ray-$SLURM_JOB_ID" in sbatch
+    )
+    rayjob = next(doc for doc in yaml.safe_load_all(manifest) if doc and doc.get("kind") == "RayJob")
+    assert rayjob["spec"]["shutdownAfterJobFinishes"] is True and rayjob["spec"]["ttlSecondsAfterFinished"] <= 60
+    # explicit ports keep the old fixed layout (a site that reserves its ports)
+    _, fixed, _ = render(capsys, "slurm", "job.yml", "--nodes", "2", "--gpus-per-node", "2", "--ray-port", "7000")
+    assert "RAY_PORT=7000" in fixed and "PORT_BLOCK" not in fixed
+
+
+def test_secret_names_in_the_jobs_env_are_refused_in_one_line(tmp_path):
+    from srcluster.config import parse_job
+    from srcluster.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"srcluster\.env.*AWS_SECRET_ACCESS_KEY looks like a secret") as error:
+        parse_job(launch_job("bad-env", srcluster={"env": {"AWS_SECRET_ACCESS_KEY": "x"}}))
+    assert "\n" not in str(error.value)
+
+
+def test_worker_group_restarts_default_to_a_few_on_clusters_and_none_here(monkeypatch):
+    from srcluster.config import parse_job
+    from srcluster.train.stage import max_failures
+
+    monkeypatch.delenv("SRCLUSTER_ON_CLUSTER", raising=False)
+    assert max_failures(parse_job(launch_job("here"))) == 0
+    monkeypatch.setenv("SRCLUSTER_ON_CLUSTER", "1")
+    assert max_failures(parse_job(launch_job("there"))) == 3
+    assert max_failures(parse_job(launch_job("set", srcluster={"workers": 1, "max_failures": 0}))) == 0

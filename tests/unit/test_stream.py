@@ -18,7 +18,7 @@ from helpers.images import PER_SHARD, make_paired_folders, photo_tiles, pool
 from srcluster.data.build import TileSettings, build_shards
 from srcluster.data.sample import encode_png
 from srcluster.data.shards import Sample, write_shards
-from srcluster.data.stream import REASONS, iter_images, iter_pairs, split_units, train_loader
+from srcluster.data.stream import REASONS, iter_images, iter_pairs, resolve_units, split_units, train_loader
 from srcluster.errors import SrclusterError
 
 
@@ -48,17 +48,19 @@ def test_exact_steps_and_shapes(shard_set):
 
 def test_ranks_read_disjoint_shards(shard_set):
     dest, shard_keys = shard_set
+    units = resolve_units(dest)
     seen = []
     for rank in range(2):
         stream = train_loader(
-            dest, crop=32, batch_size=4, steps=6, rank=rank, world_size=2, with_keys=True, shuffle_buffer=1
+            dest, crop=32, batch_size=4, steps=6, rank=rank, world_size=2, with_keys=True, shuffle_buffer=1, seed=2
         )  # no shuffle buffer: 24 crops are exactly one pass
         batches = list(stream)
         assert len(batches) == 6
         seen.append(set(keys_of(batches)))
-        allowed = {key for keys in shard_keys[rank::2] for key in keys}
-        assert seen[rank] <= allowed
-        assert len(seen[rank]) == len(allowed)  # 24 crops from 24 tiles each pass: every tile of its share
+        share, whole = split_units(units, rank, 2, 0, 1, seed=2)
+        assert whole and len(share) == 4  # 48 tiles over 2 ranks: 4 whole shards of 6 each
+        allowed = {key for keys, unit in zip(shard_keys, units, strict=True) if unit in share for key in keys}
+        assert seen[rank] == allowed  # 24 crops from 24 tiles each pass: every tile of its share
     assert not seen[0] & seen[1]
 
 
@@ -89,19 +91,22 @@ def test_augmentation_switches(shard_set):
             assert np.array_equal(crop.permute(1, 2, 0).numpy(), originals[key])
 
 
-def test_fewer_shards_than_slots_resamples_everything(tmp_path, caplog):
+def test_fewer_shards_than_slots_split_the_shard(tmp_path, caplog):
     dest = str(tmp_path / "one")
     write_shards(photo_tiles()[:6], dest, progress=False)
-    assert split_units(["a"], 1, 2, 0, 1) == (["a"], False)
+    units = resolve_units(dest)
+    assert [split_units(units, rank, 2, 0, 1) for rank in range(2)] == [(units, False)] * 2  # each reads a part
     with caplog.at_level(logging.WARNING, logger="srcluster.data.stream"):
         streams = [
-            train_loader(dest, crop=32, batch_size=3, steps=8, rank=r, world_size=2, with_keys=True) for r in range(2)
+            train_loader(dest, crop=32, batch_size=3, steps=8, rank=r, world_size=2, with_keys=True, shuffle_buffer=1)
+            for r in range(2)
         ]
     batches = [list(s) for s in streams]
     assert [len(b) for b in batches] == [8, 8]
-    assert set(keys_of(batches[0])) == set(keys_of(batches[1]))  # both ranks read the one shard ...
-    assert keys_of(batches[0]) != keys_of(batches[1])  # ... in their own order
-    assert "every rank reads all of them" in caplog.text
+    for step in range(8):  # a batch of 3 is a pass's share: the two ranks split the shard's 6 tiles in every pass
+        keys = [key for rank in range(2) for key in batches[rank][step][1]]
+        assert sorted(keys) == sorted(s.key for s in photo_tiles()[:6])
+    assert not caplog.text  # a manifest gives the counts to split by: no warning
 
 
 def test_corrupt_png_is_skipped(tmp_path):
@@ -110,7 +115,8 @@ def test_corrupt_png_is_skipped(tmp_path):
     garbage = Sample("garbage", b"definitely not an image", {})
     dest = str(tmp_path / "bad")
     write_shards([*good[:5], broken, *good[5:], garbage], dest, max_samples=6, progress=False)
-    stream = train_loader(dest, crop=32, batch_size=5, steps=6, with_keys=True)  # 30 crops: 3 passes over 10
+    # 30 crops: 3 passes over 10 (no shuffle buffer, so the count does not hang on which samples it lets out)
+    stream = train_loader(dest, crop=32, batch_size=5, steps=6, with_keys=True, shuffle_buffer=1)
     keys = keys_of(stream)
     assert len(keys) == 30 and not {"broken", "garbage"} & set(keys)
     assert stream.skipped["corrupt"] >= 4
@@ -193,7 +199,7 @@ def test_skip_counts_come_back_from_workers(tmp_path):
     broken = [Sample(f"broken{i}", good[i].hr[:300], {}, ext="webp") for i in range(2)]
     small = [Sample(f"small{i}", encode_png(skimage.data.astronaut()[:8, :8]), {}) for i in range(2)]
     dest = str(tmp_path / "counted")
-    # 4 shards: each of the 2 workers owns 2, and each worker's shards hold one corrupt and one too-small sample.
+    # 4 shards of 3 over 2 workers; every pass, the workers between them read each corrupt and too-small sample once.
     write_shards(
         [*good[:2], broken[0], *good[2:4], broken[1], *good[4:6], small[0], *good[6:], small[1]],
         dest,
@@ -201,7 +207,7 @@ def test_skip_counts_come_back_from_workers(tmp_path):
         progress=False,
     )
     stream = train_loader(dest, crop=32, batch_size=4, steps=4, num_workers=2)
-    assert len(list(stream)) == 4  # 16 crops from 8 good tiles: each worker passes over its share twice
+    assert len(list(stream)) == 4  # 16 crops from 8 good tiles: two passes at least
     counts = stream.counts()
     assert counts["data_skipped_corrupt"] >= 2 and counts["data_skipped_too_small"] >= 2
     assert counts["data_skipped"] == sum(counts[f"data_skipped_{r}"] for r in REASONS)
@@ -244,8 +250,9 @@ def test_paired_crops_from_shards_and_folders(tmp_path):
     pairs = list(iter_pairs(str(hr), str(lr), scale=4))
     assert [(name, tuple(a.shape), tuple(b.shape)) for name, a, b in pairs] == [
         ("a", (3, 64, 96), (3, 16, 24)),
+        ("d", (3, 64, 80), (3, 16, 20)),
         ("sub/b", (3, 128, 64), (3, 32, 16)),
-    ]  # d: size mismatch, skipped
+    ]  # d's HR is cut to 4 x its LR from the top left, as traiNNer-redux validates
     from_shards = list(iter_pairs(dest, dest, scale=4))
     assert len(from_shards) == 14 and all(tuple(low.shape) == (3, 8, 8) for _, _, low in from_shards)
 

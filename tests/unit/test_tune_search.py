@@ -23,7 +23,7 @@ def test_space_maps_dotted_paths_into_the_job(tmp_path):
         "train.losses.ganloss.loss_weight": 0.05,
         "datasets.train": 1,
         "train.optim_g.betas": 1,
-        "network_d.type": "patchgan",
+        "network_d.type": "dunet",
     }
     job = search.trial_job(sampled, "tg-t1")
     assert job.train.optim_g.lr == 3e-4 and job.train.optim_g.betas == (0.5, 0.9)
@@ -34,7 +34,7 @@ def test_space_maps_dotted_paths_into_the_job(tmp_path):
     ]
     assert (job.datasets.train.lq_size, job.datasets.train.batch_size_per_gpu) == (8, 4)
     assert job.datasets.train.dataroot_gt == TRAIN  # merged into the section, not replacing it
-    assert job.network_d.type == "patchgan" and job.name == "tg-t1"
+    assert job.network_d.type == "dunet" and job.name == "tg-t1"
     # every report carries the objective, so the trial reports (and checkpoints) at each validation
     assert job.logger.print_freq == job.logger.save_checkpoint_freq == job.val.val_freq == 4
     assert search.dists["datasets.train"].by_index and not search.dists["network_d.type"].by_index
@@ -55,6 +55,10 @@ def test_default_objective_is_perceptual_when_its_weights_are_here(tmp_path, mon
     assert search.trial_job({"train.optim_g.lr": 1e-3}, "t").val.metrics["dists"].type == "dists"
     # an explicit objective wins, in the direction its metric says is better
     assert parse_search(search_file(tmp_path, metric="val_psnr"), "s.yml").mode == "max"
+    # ... unless the job's metric says otherwise (`better:`, as in traiNNer-redux's templates)
+    job = gan_job()
+    job["val"]["metrics"]["psnr"]["better"] = "lower"
+    assert parse_search(search_file(tmp_path, job, metric="val_psnr"), "s.yml").mode == "min"
 
 
 @pytest.mark.parametrize(
@@ -82,7 +86,7 @@ def test_default_objective_is_perceptual_when_its_weights_are_here(tmp_path, mon
             {"space": {"network_d.type": {"choice": ["unetdiscriminatorsn", "patchgann"]}}},
             "unknown discriminator 'patchgann'",
         ),
-        ({"space": {"netwrk_d.type": {"choice": ["patchgan"]}}}, "did you mean 'network_d'?"),
+        ({"space": {"netwrk_d.type": {"choice": ["dunet"]}}}, "did you mean 'network_d'?"),
         (
             {"base": {"job": "JOB", "overrides": {"val.val_freqq": 2}}},
             "base.overrides.val.val_freqq: unknown key 'val_freqq' (did you mean 'val_freq'?)",
@@ -189,10 +193,10 @@ def test_restored_optimizer_takes_the_mutated_learning_rate(tmp_path):
         return used, delta
 
     stale_lr, _ = step_from_state(4e-3, apply=False)
-    assert stale_lr == pytest.approx(1e-3 * 3 / 4)  # without the fix: the donor's lr, 3/4 through the warmup
+    assert stale_lr == pytest.approx(4e-3 * 2 / 4)  # load_state itself follows the job's options (follow_config)
     _used_a, delta_a = step_from_state(1e-3, apply=True)
     used_b, delta_b = step_from_state(4e-3, apply=True)
-    assert used_b == pytest.approx(4e-3 * 3 / 4)  # the mutated lr, at the same point of the warmup
+    assert used_b == pytest.approx(4e-3 * 2 / 4)  # the mutated lr, at the same point of redux's warmup (step 3)
     # same state, same batch, same gradients: Adam's step scales with the lr alone
     assert torch.allclose(delta_b, 4 * delta_a, rtol=1e-3, atol=1e-7) and delta_a.abs().max() > 1e-4
 
@@ -207,7 +211,7 @@ def test_optuna_suggests_configs_that_make_valid_trial_jobs(tmp_path):
         config = searcher.suggest(f"t{i}")
         assert set(config) == set(search.dists)
         job = search.trial_job(config, f"t{i}")
-        assert 1e-4 <= job.train.optim_g.lr <= 1e-2 and job.network_d.type in ("unetdiscriminatorsn", "patchgan")
+        assert 1e-4 <= job.train.optim_g.lr <= 1e-2 and job.network_d.type in ("unetdiscriminatorsn", "dunet")
     assert searcher.suggest("t2") is None  # max_concurrent 2: the third waits for one to finish
     searcher.on_trial_complete("t0", {search.metric: 30.0})
     assert set(searcher.suggest("t2")) == set(search.dists)
