@@ -11,10 +11,11 @@ itself spends taking the next item (~0). Per case:
   precision   fp32, tf32 (`fast_matmul`), bf16 (`use_amp` + `amp_bf16`)
   optimizer   adamw (torch's default, foreach: one host read per step remains) or adamw_fused (`fused: true`: the
               skip is decided on the device, nothing waits)
-  lr          bicubic (made in the step), device (Real-ESRGAN degradations drawn beforehand, applied in the step as
-              with `degrade_in_workers: false`) or workers (LR made beforehand, as the data workers would: the step
-              gets ready pairs; `worker_ms_per_batch` is what one worker spends per batch, on one CPU thread, and
-              `workers_to_keep_up` how many data workers the step's rate needs)
+  lr          bicubic (made in the step), device (Real-ESRGAN degradations drawn beforehand, applied in the step as with
+              `degrade_on: device`), device_per_batch (the same with traiNNer-redux's once-per-batch draws, `otf_draws:
+              per_batch`, and its training-pair pool: one fixed shape per batch) or workers (LR made beforehand, as the
+              data workers would: the step gets ready pairs; `worker_ms_per_batch` is what one worker spends per batch,
+              on one CPU thread, and `workers_to_keep_up` how many data workers the step's rate needs)
 
 Each case runs two modes on the same stage: `baseline` (`train_step(..., decide_on_host=True)`: one host read per
 step before the optimizers, where the old step read every value) and `srcluster` (the step as the loop runs it, values
@@ -72,18 +73,18 @@ def settings(device: str) -> dict[str, Any]:
 
 
 def cases(matrix: str, archs: list[str]) -> Iterator[dict[str, str]]:
-    """`full`: every arch x setup x precision x optimizer with bicubic LR, then the two degradation placements for
-    each arch x setup at fp32 / adamw (32 cases). `quick` (the CPU's, where a DAT_2 step takes seconds): span's cases
+    """`full`: every arch x setup x precision x optimizer with bicubic LR, then the three ways to degrade for each
+    arch x setup at fp32 / adamw (36 cases). `quick` (the CPU's, where a DAT_2 step takes seconds): span's cases
     around fidelity / fp32 / adamw / bicubic one change at a time, and each other arch's base case."""
     if matrix == "full":
         for arch, setup, precision, optim in itertools.product(archs, ("fidelity", "gan"), PRECISIONS, OPTIMIZERS):
             yield {"arch": arch, "setup": setup, "precision": precision, "optimizer": optim, "lr": "bicubic"}
-        for arch, setup, lr in itertools.product(archs, ("fidelity", "gan"), ("device", "workers")):
+        for arch, setup, lr in itertools.product(archs, ("fidelity", "gan"), ("device", "device_per_batch", "workers")):
             yield {"arch": arch, "setup": setup, "precision": "fp32", "optimizer": "adamw", "lr": lr}
         return
     base = {"setup": "fidelity", "precision": "fp32", "optimizer": "adamw", "lr": "bicubic"}
     variations = [{}, {"setup": "gan"}, {"precision": "bf16"}, {"optimizer": "adamw_fused"}]
-    variations += [{"lr": "device"}, {"lr": "workers"}]
+    variations += [{"lr": "device"}, {"lr": "device_per_batch"}, {"lr": "workers"}]
     for arch in archs:
         for change in variations if arch == "span" else [{}]:
             yield {"arch": arch, **base, **change}
@@ -100,6 +101,10 @@ def job_for(case: dict[str, str], size: dict[str, Any], vgg: Path):
         extra["network_d"] = {"type": "unetdiscriminatorsn"}
     if case["lr"] != "bicubic":
         extra |= DEGRADATIONS
+    if case["lr"].startswith("device"):
+        extra["srcluster"] = {"degrade_on": "device"}
+    if case["lr"] == "device_per_batch":
+        extra["otf_draws"] = "per_batch"
     optim = OPTIMIZERS[case["optimizer"]]
     train = {"total_iter": 10**6, "ema_decay": 0.999, "losses": losses, "optim_g": optim}
     if case["setup"] == "gan":
@@ -139,7 +144,7 @@ def pool_of_items(job, case: dict[str, str], size: dict[str, Any], device: torch
         seeds = list(range(index * size["batch"], (index + 1) * size["batch"]))
         if case["lr"] == "bicubic":
             item = hr
-        elif case["lr"] == "device":
+        elif case["lr"].startswith("device"):
             item = (hr, draw(cfg, seeds, SCALE, gt, crop=crop))
         else:
             start = time.process_time()

@@ -80,6 +80,8 @@ def lift_degradations(data: dict, source: str) -> tuple[dict, Degradations | Non
 
     None when the keys neither make LR (high_order_degradation, a video codec) nor sharpen the GT: traiNNer-redux
     ignores its OTF keys when high_order_degradation is false, and so does srcluster, with a warning per key set.
+    With LR made on the fly, `datasets.train.dataroot_lq` goes only with `dataroot_lq_prob` > 0 (paired batches
+    mixed in) and `dataroot_lq_prob` only with it.
     """
     train = (data.get("datasets") or {}).get("train") if isinstance(data.get("datasets"), dict) else None
     if isinstance(train, dict) and "degradations" in train:
@@ -101,15 +103,31 @@ def lift_degradations(data: dict, source: str) -> tuple[dict, Degradations | Non
             if name not in DEGRADE_IGNORED and getattr(cfg, name) != getattr(defaults, name)
         ]
         return data, None, warnings
-    if cfg.makes_lr and isinstance(train, dict) and train.get("dataroot_lq") is not None:
-        switch = "high_order_degradation" if cfg.high_order_degradation else "video_codec_prob"
-        raise ConfigError(
-            f"{source}: {switch}: LR is made from HR on the fly, so datasets.train.dataroot_lq would "
-            "be unused; remove dataroot_lq or turn the on-the-fly degradations off"
-        )
+    paired = isinstance(train, dict) and train.get("dataroot_lq") is not None
+    if cfg.makes_lr:
+        _check_paired_mix(cfg, paired, source)
+    elif cfg.dataroot_lq_prob > 0:  # only the GT is sharpened: LR is bicubic or paired, never mixed
+        warnings.append(f"{source}: dataroot_lq_prob: ignored (high_order_degradation is false)")
     if isinstance(train, dict):
         data["datasets"]["train"]["degradations"] = cfg
     return data, cfg, warnings
+
+
+def _check_paired_mix(cfg: Degradations, paired: bool, source: str) -> None:
+    """Paired LR (datasets.train.dataroot_lq) goes with LR made on the fly only as traiNNer-redux mixes them: each batch
+    is paired with probability dataroot_lq_prob, else made on the fly; either without the other is a mistake."""
+    if paired and cfg.dataroot_lq_prob == 0:
+        switch = "high_order_degradation" if cfg.high_order_degradation else "video_codec_prob"
+        raise ConfigError(
+            f"{source}: {switch}: LR is made from HR on the fly, so datasets.train.dataroot_lq would be unused; "
+            "remove dataroot_lq, turn the on-the-fly degradations off, or set dataroot_lq_prob (the share of paired "
+            "batches) above 0 to mix the paired LR in"
+        )
+    if not paired and cfg.dataroot_lq_prob > 0:
+        raise ConfigError(
+            f"{source}: dataroot_lq_prob: mixes paired LR into the on-the-fly batches, so it needs "
+            "datasets.train.dataroot_lq (the paired LR images); set it, or set dataroot_lq_prob to 0"
+        )
 
 
 def _ignored_reason(path: tuple[str, ...]) -> str | None:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 from srcluster.components.specs import GAN_LOSS_TYPES, OptimizerSpec, SchedulerSpec
 from srcluster.degrade.config import IGNORED as DEGRADE_IGNORED
-from srcluster.degrade.config import Degradations
+from srcluster.degrade.config import PER_BATCH_ONLY, Degradations
 from srcluster.envnames import SECRET_NAME, VALID_NAME
 from srcluster.registry import did_you_mean
 
@@ -513,7 +513,11 @@ class Job(Strict):
 # a listed field that has become read. A traiNNer-redux option srcluster cannot act on belongs here only with a
 # warning in job.warnings (see compat), never silently.
 NOT_READ: dict[str, str] = {
-    **{f"datasets.train.degradations.{name}": f"warned as ignored: {why}" for name, why in DEGRADE_IGNORED.items()},
+    **{
+        f"datasets.train.degradations.{name}": f"warned as ignored: {why}"
+        for name, why in DEGRADE_IGNORED.items()
+        if name not in PER_BATCH_ONLY
+    },
     "train.moa_debug_limit": "acts only with train.moa_debug, which is warned as ignored",
     "onnx.wrap_5d_to_4d": "acts only on video architectures' 5D input; srcluster trains none (their clip datasets)",
 }

@@ -1,7 +1,7 @@
 """From encoded samples to batches: the shuffle buffer, decode once + aligned random crops + augment (traiNNer's), the
-pool that spreads the crops of one decoded tile over batches (`CropPool`), the bookkeeping that stops a stream in which
-nothing gives a crop (`Rounds`), and the batch filled in place, with on-the-fly degradations drawn (and applied) per
-crop.
+pool that spreads the crops of one decoded tile over batches (`CropPool`; a crop carries a paired crop beside its
+on-the-fly one where paired LR is mixed in), the bookkeeping that stops a stream in which nothing gives a crop
+(`Rounds`), and the batch filled in place, with on-the-fly degradations drawn (and applied) per crop.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from srcluster.data.images import decode, to_rgb8
 from srcluster.degrade.config import Degradations
 from srcluster.degrade.pipeline import Plan, draw, pair
+from srcluster.degrade.pool import PairPool
 
 
 def shuffled(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
@@ -161,6 +162,9 @@ class Crop(NamedTuple):
     patches: list[np.ndarray]  # [HR] or [HR, LR], as `crop_decoded` returns them
     key: str
     seed: int  # its own per-sample seed: crop, flips and degradations
+    # With paired LR mixed into on-the-fly LR: the sample's [HR, LR] crop too, cut from the same decode (`patches` then
+    # holds the HR crop to degrade), so the batch, once it knows its kind, takes the one it needs
+    paired: list[np.ndarray] | None = None
 
 
 class CropPool:
@@ -220,10 +224,14 @@ class Batch:
         self.seeds.append(seed)
         self.count += 1
 
-    def degrade(self, cfg: Degradations, scale: int, gt_size: int, apply_here: bool) -> None:
+    def degrade(
+        self, cfg: Degradations, scale: int, gt_size: int, apply_here: bool, pair_pool: PairPool | None = None
+    ) -> None:
         """Draw each sample's degradations from its seed for the crops of this batch (`crop_size`, larger than
         gt_size with high-order degradations); apply them here and cut the gt_size pair (LR joins the batch as uint8,
-        exact: the pipeline rounds LR to 8 bits), or leave the plan for the training step."""
+        exact: the pipeline rounds LR to 8 bits), or leave the plan for the training step. With `pair_pool`
+        (per_batch draws) the batch leaves the pairs the pool gives back for it (its keys stay those of the crops
+        cut for it)."""
         hr = self.tensors[0]
         plan = draw(cfg, self.seeds, scale, gt_size, crop=hr.shape[-1])
         if not apply_here:
@@ -233,8 +241,11 @@ class Batch:
         out = [torch.empty((hr.shape[0], 3, side, side), dtype=torch.uint8) for side in (gt_size, plan.lq_size)]
         if self.shared:
             out = [t.share_memory_() for t in out]
-        out[0].copy_(hr_patch)
-        out[1].copy_(lr_patch.mul_(255).round_())
+        made = hr_patch.to(torch.uint8), lr_patch.mul_(255).round_().to(torch.uint8)
+        if pair_pool is not None:
+            made = pair_pool.swap(*made)
+        out[0].copy_(made[0])
+        out[1].copy_(made[1])
         self.tensors = out
 
     def output(self, counts: torch.Tensor) -> tuple:

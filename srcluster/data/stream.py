@@ -20,8 +20,9 @@ batches, so DDP ranks never wait on each other at the end of an epoch. The order
 comes from (seed, epoch, round), shared by all slots; the order of a slot's parts and its shuffle buffer from (seed,
 epoch, rank, worker). Each sample's crop, flips and on-the-fly degradations come from its own seed (`sample_seed(seed,
 epoch, unit/position/key@pass)`: which unit, where in it, and which pass of the job's stream), which no other read of
-the job shares and which does not depend on the slot that reads it, so a sample's (HR, LR) pair is the same on any
-number of ranks and workers. The same seed, epoch (the iteration the stream starts from), world size and worker count
+the job shares and which does not depend on the slot that reads it, so with `otf_draws: per_sample` a sample's (HR,
+LR) pair is the same on any number of ranks and workers (redux's per-batch draws, the default, depend on the batch's
+other samples too). The same seed, epoch (the iteration the stream starts from), world size and worker count
 give the same stream.
 
 With `crops_per_tile` k > 1 each decoded sample gives k crops, so one decode (the bulk of the cost of bicubic and
@@ -32,10 +33,19 @@ wait in a pool of batch x k from which each batch takes crops of distinct sample
 
 With on-the-fly degradations (`degradations`) each batch's per-sample parameters are drawn in the worker
 (`degrade.pipeline.draw`, cheap); `degrade_in_workers` applies them there too, batched, and the batch is `(hr, lr)`
-uint8 exactly like paired data; otherwise the batch is `(hr, plan)` and the training step applies the plan on its
-device (`train/batch.py`). With high-order degradations the crops are traiNNer-redux's: 32 px larger than asked (an
-image smaller than that is padded with black, not skipped), degraded whole, and the asked-for (HR, LR) pair is cut
-from them at a random place (`degrade.pipeline.pair`).
+uint8 exactly like paired data; otherwise the batch is `(hr, plan)` and the training step applies the plan on its device
+(`train/batch.py`); with `otf_draws: per_batch` each worker that makes the LR passes its pairs through its own
+training-pair pool (`degrade.pool`, `queue_size`), as redux's step does. With high-order degradations the crops are
+traiNNer-redux's: 32 px larger than asked (an image smaller than that is padded with black, not skipped), degraded
+whole, and the asked-for (HR, LR) pair is cut from them at a random place (`degrade.pipeline.pair`).
+
+Paired data and on-the-fly degradations together mix, as traiNNer-redux's RealESRGANPairedModel does with
+`dataroot_lq_prob`: one draw per batch, from the slot's own generator (seed, epoch, 4, rank, worker; continued batch
+after batch), makes the whole batch paired with that probability, else on the fly. Each sample is decoded once (HR and
+LR) and gives both crops: the on-the-fly one from the HR alone with the generator it has without LR (so an on-the-fly
+batch is the one the stream without LR would make), and the aligned paired one from a per-sample generator of its own;
+a paired batch is `(hr, lr)` exactly like paired data, an on-the-fly batch is what it is without mixing. A sample
+without a usable paired crop (LR size mismatch, too small) is skipped as paired data skips it.
 
 Skipped samples (undecodable, too small, unpaired, LR size mismatch, unreadable shards) and storage retries are
 counted in each worker and carried to the main process with each batch, so `TrainStream.counts()` covers every
@@ -57,7 +67,17 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen_schemes
 
-from srcluster.data.crops import Batch, Crop, CropPool, Rounds, crop_decoded, decode_sample, random_crop, shuffled
+from srcluster.data.crops import (
+    Batch,
+    Crop,
+    CropPool,
+    Decoded,
+    Rounds,
+    crop_decoded,
+    decode_sample,
+    random_crop,
+    shuffled,
+)
 from srcluster.data.remote import open_for_reading, reader_filesystem
 from srcluster.data.sources import list_images
 from srcluster.data.units import (
@@ -76,12 +96,19 @@ from srcluster.data.units import (
 from srcluster.data.validation import iter_images, iter_pairs
 from srcluster.degrade.config import Degradations
 from srcluster.degrade.pipeline import crop_size
+from srcluster.degrade.pool import PairPool
 from srcluster.degrade.seeds import sample_seed
 from srcluster.errors import SrclusterError
 
 log = logging.getLogger(__name__)
 
 STORAGE_ENV = ("AWS_", "SRCLUSTER_")  # what StorageSettings.resolve() reads from the environment
+# Tags the per-sample generator of the paired crop (when mixing) apart from the sample's other streams: [seed, 1] cuts
+# its crop here; the bare seed draws its degradations and degrade/drawing.py tags its own ([seed, 2]: the pair's place).
+PAIRED_CROP_STREAM = 5
+# One seed's crops of a decoded sample: its crop ([HR] or [HR, LR]) and, when mixing paired and on-the-fly LR (the crop
+# then being the HR to degrade), its paired [HR, LR] crop
+CutCrops = tuple[list[np.ndarray], list[np.ndarray] | None]
 _warned: set[str] = set()
 
 __all__ = [
@@ -133,9 +160,10 @@ class HrCrops(IterableDataset):
     Per worker (one slot of the job's `Split`): its share of each pass, endlessly -> samples (still encoded) -> shuffle
     buffer -> decode + `crops_per_tile` aligned crops + augment -> crop pool -> batch. Shuffling before decoding
     keeps the buffer cheap to fill: it costs reads, not decodes. Each batch is (hr, [lr | plan,] [keys,] counts),
-    `counts` being this worker's COUNTERS since its previous batch. A slot that reads a whole round of passes (all of
-    the data) without one usable crop, or without one readable sample, ends the stream with an error instead of
-    spinning.
+    `counts` being this worker's COUNTERS since its previous batch. Mixing paired and on-the-fly LR (paired units
+    with degradations), each crop in the pool carries both kinds and each batch, drawn paired or not before it is
+    filled, takes the kind it is. A slot that reads a whole round of passes (all of the data) without one usable crop,
+    or without one readable sample, ends the stream with an error instead of spinning.
     """
 
     def __init__(
@@ -161,6 +189,8 @@ class HrCrops(IterableDataset):
         self.units, self.crop, self.scale, self.paired = units, crop, scale, paired
         self.crops_per_tile = crops_per_tile
         self.degradations, self.degrade_in_workers = degradations, degrade_in_workers
+        # paired LR mixed with on-the-fly LR (train_loader allows the two together only so): the share of paired batches
+        self.paired_share = degradations.dataroot_lq_prob if paired and degradations is not None else None
         self.batch_size, self.rank, self.world_size, self.seed, self.epoch = batch_size, rank, world_size, seed, epoch
         self.use_hflip, self.use_rot = use_hflip, use_rot
         self.shuffle_buffer, self.with_keys = shuffle_buffer, with_keys
@@ -188,17 +218,26 @@ class HrCrops(IterableDataset):
         # a generator of its own: the split's and the shuffle buffer's draws do not depend on crops_per_tile
         pool_rng = np.random.default_rng([self.seed, self.epoch, 3, self.rank, worker])
         pool = CropPool(self.batch_size * self.crops_per_tile if self.crops_per_tile > 1 else 1, pool_rng)
+        # when mixing, which batches are paired: another generator of its own, so the other draws stay what they are
+        kind_rng = np.random.default_rng([self.seed, self.epoch, 4, self.rank, worker])
+        pair_pool = self._pair_pool(worker)
         tiles = itertools.count()
         while True:
-            batch = Batch(self.batch_size, cut, lr_crop, info is not None, self.with_keys)
+            # traiNNer-redux draws once per batch: the whole batch is paired, or the whole batch is made on the fly
+            mixed_paired = self.paired_share is not None and bool(kind_rng.random() < self.paired_share)
+            degradations = None if mixed_paired else self.degradations
+            if degradations is not None:  # HR crops to degrade (LR made from them)
+                batch = Batch(self.batch_size, cut, None, info is not None, self.with_keys)
+            else:  # HR crops for bicubic LR, or paired (HR, LR) crops
+                batch = Batch(self.batch_size, self.crop, lr_crop, info is not None, self.with_keys)
             tiles_in_batch: set[int] = set()
             while batch.count < batch.size:
                 while pool.hungry:
                     round_index, seeds, sample = next(samples)
                     crops = self._cut(sample, seeds, cut, pad, tally, totals)
                     tile = next(tiles)
-                    for seed, patches in zip(seeds, crops, strict=False):  # no crops: a skipped sample
-                        pool.add(Crop(tile, patches, sample.key, seed))
+                    for seed, (patches, paired) in zip(seeds, crops, strict=False):  # no crops: a skipped sample
+                        pool.add(Crop(tile, patches, sample.key, seed, paired))
                     if rounds.record(round_index, bool(crops)):
                         raise SrclusterError(
                             f"no usable {self.crop}x{self.crop} crop in {len(self.units)} shard(s)/image(s) "
@@ -206,21 +245,30 @@ class HrCrops(IterableDataset):
                         )
                 crop = pool.take(tiles_in_batch)
                 tiles_in_batch.add(crop.tile)
-                batch.add(crop.patches, crop.key, crop.seed)
-            if self.degradations is not None:
-                batch.degrade(self.degradations, self.scale, self.crop, self.degrade_in_workers)
+                patches = crop.paired if mixed_paired and crop.paired is not None else crop.patches
+                batch.add(patches, crop.key, crop.seed)
+            if degradations is not None:
+                batch.degrade(degradations, self.scale, self.crop, self.degrade_in_workers, pair_pool)
             yield batch.output(tally.take())
+
+    def _pair_pool(self, worker: int) -> PairPool | None:
+        """traiNNer-redux's training-pair pool for `otf_draws: per_batch` when this worker makes the LR (the training
+        step keeps its own when the plan is applied there: train/batch.py)."""
+        cfg = self.degradations
+        if cfg is None or cfg.otf_draws != "per_batch" or not cfg.queue_size or not self.degrade_in_workers:
+            return None
+        seed = int(np.random.default_rng([self.seed, self.epoch, 6, self.rank, worker]).integers(1 << 62))
+        return PairPool(cfg.queue_size, seed)
 
     def _cut(
         self, sample: EncodedSample, seeds: list[int], cut: int, pad: bool, tally: Tally, totals: Counter
-    ) -> list[list[np.ndarray]]:
-        """One crop per seed from one decode of `sample`, or none (counted once, as a skipped sample)."""
+    ) -> list[CutCrops]:
+        """One crop per seed from one decode of `sample` (`_crops_of`), or none (counted once, as a skipped sample)."""
         try:
             decoded = decode_sample(sample.hr, sample.lr)
             crops = []
             for seed in seeds:
-                rng = np.random.default_rng([seed, 1])
-                result = crop_decoded(decoded, cut, self.scale, rng, self.use_hflip, self.use_rot, pad=pad)
+                result = self._crops_of(decoded, seed, cut, pad)
                 if isinstance(result, str):  # the image's own size decides: the same for every crop of it
                     label = f"{self.crop}x{self.crop}"
                     count_skip(tally, totals, result, "skipping %s: %s for a %s crop", sample.key, result, label)
@@ -230,6 +278,22 @@ class HrCrops(IterableDataset):
             count_skip(tally, totals, "corrupt", "skipping undecodable image %s: %s", sample.key, exc)
             return []
         return crops
+
+    def _crops_of(self, decoded: Decoded, seed: int, cut: int, pad: bool) -> CutCrops | str:
+        """(the crop, None), or when mixing paired and on-the-fly LR (the HR crop to degrade, the paired crop); or the
+        reason there is none (the sample then gives neither)."""
+        # when mixing, the crop to degrade is cut from the HR alone with the generator it has without LR, so an
+        # on-the-fly batch is the same whether paired LR is mixed in or not
+        source = decoded if self.paired_share is None else decoded._replace(lr=None)
+        rng = np.random.default_rng([seed, 1])
+        crop = crop_decoded(source, cut, self.scale, rng, self.use_hflip, self.use_rot, pad=pad)
+        if isinstance(crop, str):
+            return crop
+        if self.paired_share is None:
+            return crop, None
+        rng = np.random.default_rng([seed, PAIRED_CROP_STREAM])
+        paired = crop_decoded(decoded, self.crop, self.scale, rng, self.use_hflip, self.use_rot)
+        return paired if isinstance(paired, str) else (crop, paired)
 
     def _samples(
         self, split: Split, slot: int, rng: np.random.Generator, tally: Tally, totals: Counter, rounds: Rounds
@@ -265,7 +329,8 @@ class TrainStream:
     """Exactly `steps` batches per iteration; each iteration starts the same seeded stream (and its workers) afresh.
 
     Batches are `hr` (uint8 B x 3 x crop x crop) or, paired or degraded in the workers, `(hr, lr)`, or, to be degraded
-    in the training step, `(hr, plan)`; with keys, the sample keys come last.
+    in the training step, `(hr, plan)`; with keys, the sample keys come last. Mixing paired and on-the-fly LR gives
+    paired `(hr, lr)` batches among the on-the-fly ones (`train/batch.py: to_batch` takes either).
     `skipped`, `io_retries` and `counts()` cover all workers, up to the batch last yielded by the current iteration.
     """
 
@@ -371,6 +436,10 @@ def train_loader(
     made in the workers from each sample's own seed (`degrade_in_workers`, the default), or `(hr, plan)`: the drawn
     parameters, for the training step to apply on its device (`degrade.pipeline.apply`).
 
+    With both `lq` and such `degradations` (their `dataroot_lq_prob` > 0, which they then need) paired LR is mixed in
+    as traiNNer-redux does: each batch is paired data's `(hr, lr)` with probability `dataroot_lq_prob`, else the
+    on-the-fly batch the stream would give without `lq` (see the module's docstring).
+
     With `crops_per_tile` k each decoded sample gives k crops, each with its own seed (see the module's docstring).
     """
     if crop < 1 or batch_size < 1 or steps < 0 or num_workers < 0 or seed < 0 or epoch < 0 or scale < 1:
@@ -384,8 +453,13 @@ def train_loader(
     paired = lq is not None
     if degradations is not None and not degradations.makes_lr:
         degradations = None  # GT-only options (USM) are the training step's business
-    if degradations is not None and (paired or crop % scale):
-        raise ValueError("on-the-fly degradations need unpaired HR data and a crop that is a multiple of the scale")
+    if degradations is not None and crop % scale:
+        raise ValueError("on-the-fly degradations need a crop that is a multiple of the scale")
+    if degradations is not None and paired != (degradations.dataroot_lq_prob > 0):  # config/compat.py: in job terms
+        raise ValueError(
+            "paired data (lq) and on-the-fly degradations go together only with dataroot_lq_prob > 0 (the share of "
+            "paired batches), and a dataroot_lq_prob above 0 only with paired data"
+        )
     if paired and (scale < 2 or crop % scale):
         raise ValueError(f"paired data needs a scale of 2 or more that divides the HR crop ({crop}), not {scale}")
     unpaired: Counter = Counter()

@@ -136,10 +136,14 @@ class Degradations(BaseModel):
     percep_gt_usm: bool = False
     gan_gt_usm: bool = False
 
-    # --- accepted for traiNNer-redux compatibility, no effect (see ignored()) ---
+    # --- paired LR mixed in: the share of batches that are datasets.train.dataroot_lq's pairs instead (traiNNer-redux's
+    # RealESRGANPairedModel; needs dataroot_lq, see config/compat.py and data/stream.py) ---
+    dataroot_lq_prob: Probability = 0.0
+
+    # --- accepted for traiNNer-redux compatibility, no effect (see ignored()), but queue_size ---
     high_order_degradations_debug: bool = False
     high_order_degradations_debug_limit: int = 100
-    dataroot_lq_prob: Probability = 0.0
+    # the training-pair pool: acts with otf_draws: per_batch (the default; degrade/pool.py), warned of with per_sample
     queue_size: Annotated[int, Field(ge=0)] = 120
 
     # --- srcluster: video codecs, applied last to the LR image as a short clip ---
@@ -162,6 +166,11 @@ class Degradations(BaseModel):
     # diffjpeg: traiNNer-redux's DiffJPEG on every device (what redux trains with); libjpeg: the libjpeg-turbo codec
     # on CPU and a batched model of it on GPUs (libjpeg_codec / libjpeg_model: one of them everywhere)
     jpeg_backend: Literal["diffjpeg", "libjpeg", "libjpeg_codec", "libjpeg_model"] = "diffjpeg"
+    # per_batch: traiNNer-redux's draws, one resize factor/mode, noise kind, JPEG on/off, ... per batch, with its
+    # training-pair pool (queue_size): one fixed shape per batch, the fastest on a GPU (`degrade/drawing.py`);
+    # per_sample: every sample draws all of its degradations from its own seed, so its LR is the same on any number of
+    # ranks and workers and however batches are cut (elastic runs, resumes on another world size reproduce it)
+    otf_draws: Literal["per_batch", "per_sample"] = "per_batch"
 
     @model_validator(mode="before")
     @classmethod
@@ -233,10 +242,13 @@ class Degradations(BaseModel):
         """The traiNNer-redux keys this job sets, to other than their defaults, that srcluster accepts without acting
         on: key path -> why (for warnings; traiNNer's templates set several of them to their defaults)."""
         fields = type(self).model_fields
+        acting = PER_BATCH_ONLY if self.otf_draws == "per_batch" else ()
         return {
             key_path(name): IGNORED[name]
             for name in sorted(self.model_fields_set)
-            if name in IGNORED and getattr(self, name) != fields[name].get_default(call_default_factory=True)
+            if name in IGNORED
+            and name not in acting
+            and getattr(self, name) != fields[name].get_default(call_default_factory=True)
         }
 
     @property
@@ -258,12 +270,14 @@ _DEBUG = "look at degradations with `srcluster degrade preview` instead"
 IGNORED: dict[str, str] = {
     "high_order_degradations_debug": _DEBUG,
     "high_order_degradations_debug_limit": _DEBUG,
-    "dataroot_lq_prob": "paired LR data is not mixed with on-the-fly LR",
-    "queue_size": "not needed: every sample draws its own degradation parameters, so a batch is already as varied "
-    "as Real-ESRGAN's training-pair pool makes it",
+    "queue_size": "not needed with otf_draws: per_sample: every sample draws its own degradation parameters, so a "
+    "batch is already as varied as redux's training-pair pool makes it",
     "blur_kernel_size": "unused in traiNNer-redux too: kernel sizes come from kernel_range",
     "blur_kernel_size2": "unused in traiNNer-redux too: kernel sizes come from kernel_range2",
 }
+
+# IGNORED keys that act with `otf_draws: per_batch` (redux's training-pair pool)
+PER_BATCH_ONLY = ("queue_size",)
 
 # Where each key lives in a traiNNer-redux job file: these under datasets.train, every other one at the top level.
 DATASET_KEYS: tuple[str, ...] = (
@@ -290,7 +304,7 @@ ALIASES: dict[str, str] = {"second_blur_prob": "blur_prob2"}  # Real-ESRGAN's sp
 TOP_LEVEL_KEYS: tuple[str, ...] = tuple(name for name in Degradations.model_fields if name not in DATASET_KEYS) + tuple(
     ALIASES
 )
-SRCLUSTER_KEYS: tuple[str, ...] = tuple(n for n in TOP_LEVEL_KEYS if n.startswith(("video_", "jpeg_b")))
+SRCLUSTER_KEYS: tuple[str, ...] = tuple(n for n in TOP_LEVEL_KEYS if n.startswith(("video_", "jpeg_b", "otf_draws")))
 DATASET = "datasets.train"
 
 

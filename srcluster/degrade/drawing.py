@@ -1,5 +1,12 @@
 """Drawing a batch's plan: each sample draws all of its parameters from its own generator (cheap, numpy, in the data
-workers), then the blur kernels of the whole batch are built at once."""
+workers), then the blur kernels of the whole batch are built at once.
+
+`otf_draws: per_batch` draws as traiNNer-redux does instead (`_share_batch_draws`): the switches, the resize factors and
+modes, the noise kind, the JPEG on/off, the order of the final steps and the crop window once per batch, from a
+generator seeded by the batch's sample seeds; blur kernels, noise strengths and gray choices, JPEG qualities and the
+final sinc stay per sample, as redux's dataset and noise functions draw them. Every sample of a batch then has the same
+size at every step, so the pipeline runs as one fixed-shape batch with no per-sample loop (noise included).
+"""
 
 from __future__ import annotations
 
@@ -46,6 +53,14 @@ def _noise(
     kind, strength = (GAUSSIAN, rng.uniform(*sigma)) if _chance(rng, p_gauss) else (POISSON, rng.uniform(*poisson))
     gray = _chance(rng, p_gray)
     return (kind if strength > 0 else NONE), float(strength), gray, child_seed(rng)
+
+
+def _noise_strength(rng: np.random.Generator, kind: int, sigma: tuple[float, float], poisson: tuple[float, float]):
+    """(kind, strength) of one sample whose batch drew `kind`: its own sigma or scale, as redux's `*_noise_pt` draw."""
+    if kind == NONE:
+        return NONE, 0.0
+    strength = float(rng.uniform(*(sigma if kind == GAUSSIAN else poisson)))
+    return (kind if strength > 0 else NONE), strength
 
 
 def _kernel_options(cfg: Degradations, second: bool) -> K.KernelOptions:
@@ -130,6 +145,45 @@ def _draw_sample(rng: np.random.Generator, cfg: Degradations, scale: int, gt: in
     return row
 
 
+# Tags the batch-wide draws of `otf_draws: per_batch` apart from every sample's own streams.
+BATCH_STREAM = 0x6261746368
+# Tag of the per-sample stream that fills in what the sample's own draw left out under a batch's choice.
+SAMPLE_FILL = 6
+
+
+def _share_batch_draws(
+    rows: list[dict], seeds: np.ndarray, cfg: Degradations, scale: int, crop: int, room: int
+) -> dict:
+    """traiNNer-redux's draws (`RealESRGANModel.feed_data`), in place on the per-sample rows: one draw per batch of
+    every switch and size, each sample keeping what redux draws per sample (see the module docstring). Returns the
+    batch's own row, with "offset" (the crop window, `room` the largest corner: redux's `paired_random_crop` cuts one
+    for the batch) and "noise_seeds" (one pixel-noise stream per noise step for the whole batch)."""
+    rng = np.random.default_rng([BATCH_STREAM, *(int(s) for s in seeds)])
+    shared = _draw_sample(rng, cfg, scale, crop)
+    options = {"kernel1": _kernel_options(cfg, False), "kernel2": _kernel_options(cfg, True)}
+    noise_ranges = {
+        "noise1": (cfg.noise_range, cfg.poisson_scale_range),
+        "noise2": (cfg.noise_range2, cfg.poisson_scale_range2),
+    }
+    for seed, row in zip(seeds, rows, strict=True):
+        fill = np.random.default_rng([int(seed), SAMPLE_FILL])
+        for key in ("usm", "thick", "blur1", "resize1", "size1", "blur2", "resize2", "size2", "jpeg2_first", "mode3"):
+            row[key] = shared[key]
+        for switch, kernel in (("blur1", "kernel1"), ("blur2", "kernel2")):
+            if not row[switch]:
+                row[kernel] = K.OFF
+            elif row[kernel] == K.OFF:  # the sample's own draw had no blur: its kernel comes from its fill stream
+                row[kernel] = K.draw_blur(fill, options[kernel])
+        for key, (sigma, poisson) in noise_ranges.items():
+            _kind, _strength, gray, noise_seed = row[key]
+            row[key] = (*_noise_strength(fill, shared[key][0], sigma, poisson), gray, noise_seed)
+        for key in ("jpeg1", "jpeg2"):
+            row[key] = (shared[key][0], row[key][1])  # on/off for the batch, the quality per sample
+    shared["offset"] = rng.integers(0, room, size=2, endpoint=True) if room else np.zeros(2, dtype=np.int64)
+    shared["noise_seeds"] = (child_seed(rng), child_seed(rng))
+    return shared
+
+
 def draw(cfg: Degradations, seeds: Sequence[int], scale: int, gt_size: int, crop: int | None = None) -> Plan:
     """Draw every sample's degradation parameters (numpy, per-sample generators) and build its kernels (batched).
 
@@ -146,6 +200,11 @@ def draw(cfg: Degradations, seeds: Sequence[int], scale: int, gt_size: int, crop
     if room:  # from a stream of its own (the crop's flips use [seed, 1]), so the other choices stay as they were
         for i, s in enumerate(seed_array):
             offsets[i] = np.random.default_rng([int(s), 2]).integers(0, room, size=2, endpoint=True)
+    noise_seeds: tuple[int | None, int | None] = (None, None)
+    if cfg.otf_draws == "per_batch" and cfg.high_order_degradation and n:
+        shared = _share_batch_draws(rows, seed_array, cfg, scale, crop, room)
+        offsets[:] = shared["offset"]
+        noise_seeds = shared["noise_seeds"]
 
     def col(key: str, dtype=None) -> np.ndarray:
         return np.asarray([r[key] for r in rows], dtype=dtype)
@@ -154,13 +213,14 @@ def draw(cfg: Degradations, seeds: Sequence[int], scale: int, gt_size: int, crop
         updown, factor, mode = zip(*(r[key] for r in rows), strict=False) if rows else ((), (), ())
         return Resize(np.asarray(updown, dtype=np.int8), np.asarray(factor), list(mode), col(size_key, np.int64))
 
-    def noise(key: str) -> Noise:
+    def noise(key: str, batch_seed: int | None) -> Noise:
         kind, strength, gray, seed = zip(*(r[key] for r in rows), strict=False) if rows else ((), (), (), ())
         return Noise(
             np.asarray(kind, dtype=np.int8),
             np.asarray(strength),
             np.asarray(gray, dtype=bool),
             np.asarray(seed, dtype=np.int64),
+            batch_seed,
         )
 
     def jpeg(key: str) -> Jpeg:
@@ -245,13 +305,13 @@ def draw(cfg: Degradations, seeds: Sequence[int], scale: int, gt_size: int, crop
         kernel1=kernel1,
         kernels1=kernels1,
         resize1=resize("resize1", "size1"),
-        noise1=noise("noise1"),
+        noise1=noise("noise1", noise_seeds[0]),
         jpeg1=jpeg("jpeg1"),
         blur2=col("blur2", bool),
         kernel2=kernel2,
         kernels2=kernels2,
         resize2=resize("resize2", "size2"),
-        noise2=noise("noise2"),
+        noise2=noise("noise2", noise_seeds[1]),
         resize3=final,
         sinc=col("sinc", bool),
         kernel3=kernel3,

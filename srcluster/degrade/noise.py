@@ -4,6 +4,9 @@ Each sample's random numbers come from its own torch.Generator, seeded by its pl
 so its noise does not depend on which batch it is in, or where. That draw is the only per-sample step; scaling, the
 gray/colour choice, Poisson's level counting and sampling are batched. (A counter-based generator in torch ops would
 remove that loop too, but on CPU it measured ~10x slower than torch's own generator.)
+
+With `otf_draws: per_batch` (traiNNer-redux's draws) the samples of a batch share their size, and the noise step has one
+stream for the whole batch (`Noise.batch_seed`): one draw of the batch's shape, as redux draws it, and no loop.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class Noise:
     strength: np.ndarray
     gray: np.ndarray
     seed: np.ndarray
+    batch_seed: int | None = None  # one stream for the whole batch (per_batch draws) instead of one per sample
 
     def describe(self, i: int) -> str | None:
         gray = "gray " if self.gray[i] else ""
@@ -43,8 +47,10 @@ def _draws(
     """(fields, n, 3, H, W) standard normals or uniforms, each sample's drawn from its own stream at its own size
     (one channel if its noise is gray) and placed at [offset, offset + size) of the canvas."""
     n, (h, w) = len(rows), canvas.shape[-2:]
-    out = torch.zeros(fields, n, 3, h, w, device=canvas.device)
     draw = torch.randn if kind == "normal" else torch.rand
+    if noise.batch_seed is not None:
+        return _batch_draw(noise, rows, sizes, offset, (fields, n, 3, h, w), draw, canvas.device)
+    out = torch.zeros(fields, n, 3, h, w, device=canvas.device)
     for j, b in enumerate(rows):  # the one per-sample step: each sample's own stream (see the module docstring)
         s, channels = int(sizes[b]), 1 if noise.gray[b] else 3
         generator = torch.Generator(device=canvas.device).manual_seed(int(noise.seed[b]))
@@ -53,10 +59,24 @@ def _draws(
     return out
 
 
+def _batch_draw(
+    noise: Noise, rows: np.ndarray, sizes: np.ndarray, offset: int, shape: tuple, draw, device: torch.device
+) -> torch.Tensor:
+    """`_draws` from the batch's one stream: every sample of `rows` has the same size (per_batch draws), the canvas is
+    filled in one call, and a gray sample's three channels take its first one."""
+    s = {int(sizes[b]) for b in rows}
+    if len(s) != 1 or offset or shape[-1] != next(iter(s)) or shape[-2] != shape[-1]:
+        raise ValueError(f"a batch noise stream needs samples of one size filling the canvas, got sizes {sorted(s)}")
+    generator = torch.Generator(device=device).manual_seed(int(noise.batch_seed or 0))
+    values = draw(shape, generator=generator, device=device)
+    gray = to_device(noise.gray[rows], device).view(1, -1, 1, 1, 1)
+    return torch.where(gray, values[:, :, :1].expand_as(values), values)
+
+
 def _valid(sizes: np.ndarray, offset: int, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
     """(n, 1, H, W) bool: where each sample's image is in the canvas."""
     h, w = shape
-    size = torch.as_tensor(sizes, device=device).view(-1, 1, 1, 1)
+    size = to_device(sizes, device).view(-1, 1, 1, 1)
     ys = torch.arange(h, device=device).view(1, 1, -1, 1) - offset
     xs = torch.arange(w, device=device).view(1, 1, 1, -1) - offset
     return (ys >= 0) & (ys < size) & (xs >= 0) & (xs < size)
@@ -74,10 +94,14 @@ def add_noise(x: torch.Tensor, noise: Noise, rows: np.ndarray, sizes: np.ndarray
 
 
 def _gray_select(noise: Noise, rows: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(noise.gray[rows], device=device).view(-1, 1, 1, 1)
+    return to_device(noise.gray[rows], device).view(-1, 1, 1, 1)
 
 
 def _gaussian(x: torch.Tensor, noise: Noise, rows: np.ndarray, sizes: np.ndarray, offset: int) -> torch.Tensor:
+    if noise.batch_seed is not None:  # the whole batch from one stream: one draw, one multiply-add
+        z = _draws(noise, rows, sizes, offset, x, "normal")[0]
+        sigma = to_device(noise.strength[rows], x.device, x.dtype).view(-1, 1, 1, 1) / 255
+        return x.add_(z.mul_(sigma)).clamp_(0, 1)
     for j, b in enumerate(rows):  # each sample's own stream, added straight into its own image (no canvas-size pass)
         s, channels = int(sizes[b]), 1 if noise.gray[b] else 3  # gray: one field for the three channels
         generator = torch.Generator(device=x.device).manual_seed(int(noise.seed[b]))

@@ -14,17 +14,21 @@ place inside it, so the patch borders are not the borders of the blurs, resizes 
 With `high_order_degradation` off the LR is the MATLAB bicubic downscale (as srcluster trains fidelity stages), then
 the video codec if one is configured.
 
-Real-ESRGAN draws resize factors, noise and JPEG qualities once per *batch* and needs a pool of past batches to mix
-them; here every sample draws all of its own parameters from its own seed (see `seeds.sample_seed`), so a sample's LR
-does not depend on its batch, its rank or the number of workers. The steps at the HR size (USM, thick lines, first
-blur) and at the LR size (sinc, final JPEG) run on the whole batch. Between the first and the final resize every
-sample has its own size: samples go through in groups of one size (a resize call per distinct size and mode, the
-other steps once per group), and every step computes each sample alone, so the same seed gives bit-identical LR
-however batches are cut. The random resizes are traiNNer-redux's (`resize.otf_resize`: F.interpolate, antialiased
-for bilinear and bicubic, its own Lanczos-3 for "lanczos"); the plain bicubic LR stays MATLAB's imresize. JPEG is
-redux's DiffJPEG by default (`jpeg.diff_jpeg`, batched on any device). All sizes are known on the host from the plan,
-so `apply` never waits for the device (no `.item()`). The real codecs (libjpeg when chosen, video) code one image
-at a time by nature.
+Real-ESRGAN (and traiNNer-redux) draw resize factors, noise kinds and the JPEG switch once per *batch* and need a
+pool of past batches to mix them; so does srcluster by default (`otf_draws: per_batch`: `drawing`, with the
+training-pair pool in `pool`): every sample of a batch has one size at every step, the groups below are the whole
+batch, and the noise has one stream per batch. With `otf_draws: per_sample` every sample draws all of its own
+parameters from its own seed (see `seeds.sample_seed`), so a sample's LR does not depend on its batch, its rank or the
+number of workers.
+
+The steps at the HR size (USM, thick lines, first blur) and at the LR size (sinc, final JPEG) run on the whole batch.
+Between the first and the final resize every sample has its own size: samples go through in groups of one size (a resize
+call per distinct size and mode, the other steps once per group), and every step computes each sample alone, so the same
+seed gives bit-identical LR however batches are cut. The random resizes are traiNNer-redux's (`resize.otf_resize`:
+F.interpolate, antialiased for bilinear and bicubic, its own Lanczos-3 for "lanczos"); the plain bicubic LR stays
+MATLAB's imresize. JPEG is redux's DiffJPEG by default (`jpeg.diff_jpeg`, batched on any device). All sizes are known on
+the host from the plan, so `apply` never waits for the device (no `.item()`). The real codecs (libjpeg when chosen,
+video) code one image at a time by nature.
 
 The plan's fields and `describe` live in `plan`, the drawing in `drawing`; this module applies a plan, and
 `Plan`, `draw` and `describe` are importable from here too.
@@ -123,6 +127,9 @@ def cut(x: torch.Tensor, corners: np.ndarray, side: int) -> torch.Tensor:
     """The side x side window of each image of x (B, C, H, W) at its (top, left) corner, in one gather."""
     if side == x.shape[-1] == x.shape[-2]:
         return x
+    if len(corners) and (corners == corners[0]).all():  # one window for the batch (per-batch draws): a slice
+        top, left = (int(v) for v in corners[0])
+        return x[..., top : top + side, left : left + side].contiguous()
     steps = np.arange(side)
     rows, cols = corners[:, :1] + steps, corners[:, 1:] + steps  # (B, side) each
     b = _index(np.arange(len(x)), x.device).view(-1, 1, 1)

@@ -71,7 +71,9 @@ def preview(
     crop = centre_crop(read_image(image), scale, size)
     side = crop.shape[0]
     hr = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float().div(255)
-    # the whole crop is shown: no pair is cut from it
+    # the whole crop is shown: no pair is cut from it. Each tile is one draw of what a sample can get, so the tiles
+    # draw per sample: per-batch draws would give all of them the same switches, resize and noise kind
+    cfg = cfg.model_copy(update={"otf_draws": "per_sample"})
     plan = draw(cfg, [sample_seed(seed, 0, f"preview/{i}") for i in range(n)], scale, side, crop=side)
     lr = apply(hr.unsqueeze(0).repeat(n, 1, 1, 1), plan)
     tiles = (lr.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()

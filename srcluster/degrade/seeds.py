@@ -1,8 +1,9 @@
-"""Per-sample seeds: every random choice of a degradation comes from a seed derived from (job seed, epoch, sample key).
+"""Per-sample seeds, derived from (job seed, epoch, sample key): a sample's crop and flips, and every random choice of
+its degradations with `otf_draws: per_sample` (per-batch draws seed the batch's choices from its samples' seeds).
 
-The seed depends on nothing else (not the rank, the DataLoader worker, the batch or its size), so a job makes the same
-LR for a sample however many workers it runs on and however its batches are cut. Python's hash() is salted per
-process, so the digest is blake2b, which every process and machine computes alike.
+The seed depends on nothing else (not the rank, the DataLoader worker, the batch or its size), so with per-sample draws
+a job makes the same LR for a sample however many workers it runs on and however its batches are cut. Python's hash()
+is salted per process, so the digest is blake2b, which every process and machine computes alike.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ call, then the pair cut from the larger crop: `degrade.pipeline.pair` never wait
 `l1_gt_usm` / `percep_gt_usm` / `gan_gt_usm` choose whether the pixel losses, the perceptual losses and the
 discriminator's real input see the sharpened GT.
 
+With `otf_draws: per_batch` and degradations on the device, each degraded pair goes through redux's training-pair pool
+(`degrade/pool.py`, `queue_size`) before anything else, as in redux's `feed_data`.
+
 With `train.use_moa` the pair then goes through traiNNer-redux's mixture of augmentations (`degrade/moa.py`), in all
 three forms, after the LR is made (redux augments after its degradations) and before the GT is sharpened, so that
 every target, sharpened or not, is the GT of the augmented input. (redux 686293190 sharpens no GT; the Real-ESRGAN
@@ -26,6 +29,7 @@ from srcluster.config import Job
 from srcluster.degrade.filters import usm_sharpen
 from srcluster.degrade.moa import Mixer
 from srcluster.degrade.pipeline import Plan, pair
+from srcluster.degrade.pool import PairPool
 from srcluster.degrade.resize import imresize
 
 # Losses that compare features rather than pixels: they take `percep_gt_usm`'s target; every other loss `l1_gt_usm`'s.
@@ -47,27 +51,60 @@ def _float(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device, non_blocking=True).float().div_(255)
 
 
-# Tags the MoA stream apart from the data streams drawn from the same job seed.
+# Tags the MoA stream and the training-pair pool's apart from the data streams drawn from the same job seed.
 MOA_STREAM = 0x6D6F61
+POOL_STREAM = 0x706F6F6C
 
-# Each job object's MoA mixer in this process, by id(job) (a Job is not hashable), beside a weak reference that tells
+
+@dataclass
+class _JobStreams:
+    """What one job's batches carry from step to step in this process, each made when first used."""
+
+    mixer: Mixer | None = None  # train.use_moa
+    pool: PairPool | None = None  # otf_draws: per_batch with degradations on the device
+
+
+# Each job object's streams in this process, by id(job) (a Job is not hashable), beside a weak reference that tells
 # a live job from a new one at a reused address and drops the entry with the job.
-_mixers: dict[int, tuple[weakref.ref, Mixer]] = {}
+_streams: dict[int, tuple[weakref.ref, _JobStreams]] = {}
+
+
+def _streams_for(job: Job) -> _JobStreams:
+    """Like redux's one generator per process: one stream per job continued batch after batch, seeded by the job's seed
+    and the rank (ranks draw differently); a job parsed afresh (a new run in the same process) starts afresh, so a run
+    repeats exactly."""
+    key = id(job)
+    entry = _streams.get(key)
+    if entry is not None and entry[0]() is job:
+        return entry[1]
+    streams = _JobStreams()
+    _streams[key] = (weakref.ref(job, lambda _ref: _streams.pop(key, None)), streams)
+    return streams
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def mixer_for(job: Job) -> Mixer:
-    """The MoA mixer of `job` (`train.moa_augs`, `train.moa_probs`) in this process: like redux's one generator per
-    process, one stream continued batch after batch, seeded by the job's seed and the rank (ranks draw differently);
-    a job parsed afresh (a new run in the same process) starts the stream afresh, so a run repeats exactly."""
-    key = id(job)
-    entry = _mixers.get(key)
-    if entry is not None and entry[0]() is job:
-        return entry[1]
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    rng = np.random.default_rng([job.manual_seed or 0, rank, MOA_STREAM])
-    mixer = Mixer(job.train.moa_augs, job.train.moa_probs, job.scale, rng)
-    _mixers[key] = (weakref.ref(job, lambda _ref: _mixers.pop(key, None)), mixer)
-    return mixer
+    """The MoA mixer of `job` (`train.moa_augs`, `train.moa_probs`) in this process (see `_streams_for`)."""
+    streams = _streams_for(job)
+    if streams.mixer is None:
+        rng = np.random.default_rng([job.manual_seed or 0, _rank(), MOA_STREAM])
+        streams.mixer = Mixer(job.train.moa_augs, job.train.moa_probs, job.scale, rng)
+    return streams.mixer
+
+
+def _pool_for(job: Job) -> PairPool | None:
+    """The training-pair pool of `job` in this process, where its per_batch degradations run on the device."""
+    cfg = job.datasets.train.degradations
+    if cfg is None or cfg.otf_draws != "per_batch" or not cfg.queue_size or job.degrade_in_workers:
+        return None
+    streams = _streams_for(job)
+    if streams.pool is None:
+        seed = int(np.random.default_rng([job.manual_seed or 0, _rank(), POOL_STREAM]).integers(1 << 62))
+        streams.pool = PairPool(cfg.queue_size, seed)
+    return streams.pool
 
 
 def to_batch(item, job: Job, device: torch.device, mixer: Mixer | None = None) -> Batch:
@@ -75,6 +112,9 @@ def to_batch(item, job: Job, device: torch.device, mixer: Mixer | None = None) -
     MoA draws to use with `train.use_moa` (default: this process's stream for the job, `mixer_for`)."""
     if isinstance(item, tuple) and isinstance(item[1], Plan):
         hr, lr = pair(_float(item[0], device), item[1])  # degrade the whole crop, then cut the pair
+        pool = _pool_for(job)
+        if pool is not None:  # per_batch draws: redux's training-pair pool mixes the batches (degrade/pool.py)
+            hr, lr = pool.swap(hr, lr)
     elif isinstance(item, tuple):
         hr, lr = _float(item[0], device), _float(item[1], device)
     else:

@@ -100,12 +100,14 @@ def train_data(job: Job, world: int) -> TrainData:
 
 
 def data_path(job: Job) -> DataPath:
-    """How the job's LR is made, which decides what a loader core does per sample."""
+    """How the job's LR is made, which decides what a loader core does per sample. Paired LR mixed into on-the-fly LR
+    (`dataroot_lq_prob`) is costed as its on-the-fly path, the expensive one: an upper bound (a paired batch is not
+    degraded), so the loader cores it asks for never starve the GPU."""
     data = job.datasets.train
-    if data.dataroot_lq is not None:
-        return "paired"
     if data.degradations is not None and data.degradations.makes_lr:
         return "otf-workers" if job.degrade_in_workers else "otf-device"
+    if data.dataroot_lq is not None:
+        return "paired"
     return "bicubic"
 
 

@@ -1,5 +1,6 @@
 """On-the-fly degradations in training: the job's keys reach the loader, LR is made in the data workers or in the step,
-every sample's (HR, LR) depends only on (seed, epoch, key, pass), LR is exactly lq_size, GT USM reaches the losses."""
+with per-sample draws every sample's (HR, LR) depends only on (seed, epoch, key, pass), LR is exactly lq_size, GT USM
+reaches the losses."""
 
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def samples(stream) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def test_same_seed_same_lr_on_any_number_of_ranks_and_workers(shards):
-    cfg = parse_job(job(shards, **OTF)).datasets.train.degradations
+    # what `otf_draws: per_sample` is for (traiNNer-redux's per-batch draws, the default, depend on the batch)
+    cfg = parse_job(job(shards, **OTF, otf_draws="per_sample")).datasets.train.degradations
 
     def one_pass(world: int, workers: int) -> dict:
         steps = 48 // 4 // world  # exactly one pass over the 48 tiles per rank

@@ -121,7 +121,9 @@ def test_every_problem_is_reported_on_its_own_line() -> None:
 def test_real_esrgan_spelling_and_ignored_keys() -> None:
     cfg = parse_degradations({"second_blur_prob": 0.8, "queue_size": 180, "blur_kernel_size": 21})
     assert cfg.blur_prob2 == 0.8
-    assert set(cfg.ignored()) == {"queue_size", "datasets.train.blur_kernel_size"}
+    assert set(cfg.ignored()) == {"datasets.train.blur_kernel_size"}  # queue_size acts with the default per_batch
+    per_sample = parse_degradations({"queue_size": 180, "otf_draws": "per_sample"})
+    assert set(per_sample.ignored()) == {"queue_size"}
     assert key_path("final_sinc_prob") == "datasets.train.final_sinc_prob" and key_path("jpeg_range") == "jpeg_range"
     assert not cfg.makes_lr and Degradations(video_codec_prob=0.5).makes_lr
     assert Degradations(high_order_degradation=True).makes_lr and Degradations(gan_gt_usm=True).sharpens_gt

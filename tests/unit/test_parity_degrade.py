@@ -147,7 +147,9 @@ def test_a_crop_32px_larger_is_degraded_then_the_pair_is_cut() -> None:
         assert 0 <= top <= 8 and 0 <= left <= 8
         assert torch.equal(lr[i], whole[i, :, top : top + 16, left : left + 16])
         assert torch.equal(patch[i], hr[i, :, top * 4 : top * 4 + 64, left * 4 : left * 4 + 64])
-    assert len({tuple(o) for o in plan.offsets}) > 1  # each sample its own place
+    assert len({tuple(o) for o in plan.offsets}) == 1  # redux's paired_random_crop: one place for the batch
+    per_sample = cfg.model_copy(update={"otf_draws": "per_sample"})
+    assert len({tuple(o) for o in draw(per_sample, _seeds(6), 4, 64).offsets}) > 1  # each sample its own place
     # not the same as degrading the 64 px patch alone: its borders would be the blur's and JPEG's borders
     alone = apply(patch, draw(cfg, _seeds(6), 4, 64, crop=64))
     assert not torch.equal(alone, lr)
