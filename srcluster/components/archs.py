@@ -360,10 +360,11 @@ def build_generator(name: str, scale: int, **options: Any) -> nn.Module:
     return GENERATORS.build(name, scale=scale, **options)
 
 
-def check_generator_options(name: str, scale: int, options: dict[str, Any]) -> None:
-    """Raise the ConfigError that building would, without building (for validating a job before anything starts)."""
+def check_generator_options(name: str, scale: int, options: dict[str, Any], key: str = "network_g") -> None:
+    """Raise the ConfigError that building would, without building (for validating a job before anything starts);
+    `key` names the job's section (network_g, network_g_teacher)."""
     _refuse_video(name)
-    GENERATORS.check(name, "network_g.type")
+    GENERATORS.check(name, f"{key}.type")
     PRESETS[name.lower()].kwargs(scale, options)
 
 

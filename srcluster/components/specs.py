@@ -34,7 +34,8 @@ class PretrainSpec:
 
 @dataclass(frozen=True)
 class LossSpec:
-    """One loss term: `weight * loss(sr, target)`; `options` are the loss class's keyword arguments."""
+    """One loss term: `weight * loss(sr, target)`; `options` are the loss class's keyword arguments. A negative
+    weight (traiNNer-redux's) compares with the LR's bicubic upscale instead of the GT, weighted by |weight|."""
 
     type: str
     weight: float = 1.0

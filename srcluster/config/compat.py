@@ -1,13 +1,17 @@
 """traiNNer-redux compatibility: its options that srcluster accepts without acting on them, each with a warning.
 
-A traiNNer-redux job file should load unchanged. Keys srcluster has no use for (`num_gpu`, MoA, ...) are lifted out
-before validation (`lift_ignored`), the degradation keys are gathered into `Degradations` (`lift_degradations`), and
-values srcluster replaces are named after validation (`value_warnings`); every one becomes a line in job.warnings.
+A traiNNer-redux job file should load unchanged. Keys srcluster has no use for (`num_gpu`, redux's run-time and folder
+keys, ...) are lifted out before validation (`lift_ignored`; `IGNORED`), the degradation keys are gathered into
+`Degradations` (`lift_degradations`), and values srcluster replaces are named after validation (`value_warnings`);
+every one becomes a line in job.warnings. Keys that would make srcluster train another model than redux trains
+(`REFUSED`: pixel formats, normalization, teacher generators) load at redux's default value and stop the job with one
+line otherwise; the older `gt_size` becomes `lq_size`. tests/unit/test_redux_keys.py checks every key of redux's schema.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 from srcluster.config.schema import Job
 from srcluster.degrade.config import IGNORED as DEGRADE_IGNORED
@@ -16,6 +20,10 @@ from srcluster.errors import ConfigError
 
 _DEBUG = "look at degradations with `srcluster degrade preview` instead"
 _LOADER = "srcluster's streaming loader sets its own pinning and prefetching"
+_RUNTIME = "traiNNer-redux sets it while running; srcluster's launcher decides it"
+_RETEST = "read only by traiNNer-redux's retest.py"
+_AE_BESIDE_G = "traiNNer-redux reads it only to train an autoencoder, with no network_g"
+_FOLDERS = "srcluster keeps checkpoints in srcluster.storage and runs, images and models in MLflow"
 
 # key path ("*" = any dataset name) -> why it has no effect. Any other unknown key is an error.
 IGNORED: dict[str, str] = {
@@ -34,6 +42,48 @@ IGNORED: dict[str, str] = {
     "datasets.*.prefetch_mode": _LOADER,
     "datasets.*.num_prefetch_queue": _LOADER,
     "datasets.*.prefetch_factor": _LOADER,
+    "datasets.*.dataset_enlarge_ratio": "srcluster streams samples by iteration: total_iter sets the run's length, "
+    "and every pass reads each sample once however small the data set",
+    "datasets.*.phase": "the phase comes from the dataset's key (train, val, val_<suffix>)",
+    "dist": _RUNTIME,
+    "launcher": _RUNTIME,
+    "rank": _RUNTIME,
+    "world_size": _RUNTIME,
+    "is_train": _RUNTIME,
+    "root_path": _RUNTIME,
+    "switch_iter_per_epoch": _RUNTIME,
+    "dist_params": _RUNTIME,
+    "contents": _RUNTIME,
+    "auto_resume": "a rerun of the same config resumes from its latest checkpoint anyway",
+    "watch": _RETEST,
+    "start_iter": _RETEST,
+    "path.pretrain_network_g_path": _RETEST,
+    "path.experiments_root": _FOLDERS,
+    "path.models": _FOLDERS,
+    "path.resume_models": _FOLDERS,
+    "path.training_states": _FOLDERS,
+    "path.log": _FOLDERS,
+    "path.visualization": _FOLDERS,
+    "path.results_root": _FOLDERS,
+    "path.ignore_resume_networks": "unused by traiNNer-redux's training too",
+    # redux trains an autoencoder only without network_g (its AEModel); beside a generator it reads none of these
+    "network_ae": _AE_BESIDE_G,
+    "train.optim_ae": _AE_BESIDE_G,
+    "path.pretrain_network_ae": _AE_BESIDE_G,
+    "path.pretrain_network_ae_ema": _AE_BESIDE_G,
+    "path.pretrain_network_ae_decoder": _AE_BESIDE_G,
+    "path.pretrain_network_ae_decoder_ema": _AE_BESIDE_G,
+    "path.pretrain_network_ae_path": _AE_BESIDE_G,
+}
+
+_RGB = "srcluster trains, validates and exports RGB generators"
+# key path ("*" = any dataset name) -> (the values that mean what srcluster does, why any other value is refused)
+REFUSED: dict[str, tuple[tuple, str]] = {
+    "input_pixel_format": (("rgb",), _RGB),
+    "output_pixel_format": (("rgb",), _RGB),
+    "datasets.*.color": ((None,), _RGB + "; color: y would train on luma only"),
+    "datasets.*.mean": ((None,), "srcluster feeds the generator [0, 1] RGB, not normalized by mean and std"),
+    "datasets.*.std": ((None,), "srcluster feeds the generator [0, 1] RGB, not normalized by mean and std"),
 }
 
 # traiNNer-redux's loss names. One that srcluster does not implement (not in the loss registry) or refuses
@@ -130,23 +180,63 @@ def _check_paired_mix(cfg: Degradations, paired: bool, source: str) -> None:
         )
 
 
+def _pattern(path: tuple[str, ...]) -> str:
+    return f"datasets.*.{path[2]}" if path[0] == "datasets" and len(path) == 3 else ".".join(path)
+
+
 def _ignored_reason(path: tuple[str, ...]) -> str | None:
-    if path[0] == "datasets" and len(path) == 3:
-        return IGNORED.get(f"datasets.*.{path[2]}")
-    return IGNORED.get(".".join(path))
+    return IGNORED.get(_pattern(path))
+
+
+def _refuse_or_drop(node: dict, key: str, path: tuple[str, ...], source: str) -> None:
+    """A REFUSED key: dropped where its value means what srcluster does anyway (redux's default), else an error."""
+    accepted, why = REFUSED[_pattern(path)]
+    value = node.pop(key)
+    if value not in accepted and not (isinstance(value, dict) and not value.get("enabled", True)):
+        raise ConfigError(f"{source}: {'.'.join(path)}: {value!r} is not supported: {why}")
+
+
+def _lq_size_from_gt_size(dataset: dict, name: str, scale: Any, source: str) -> None:
+    """traiNNer-redux's older `gt_size` (the HR crop): one of gt_size and lq_size, lq_size = gt_size // scale."""
+    gt_size = dataset.pop("gt_size", None)
+    if gt_size is None:
+        return
+    if dataset.get("lq_size") is not None:
+        raise ConfigError(f"{source}: datasets.{name}.gt_size: give one of gt_size and lq_size, not both")
+    if not isinstance(gt_size, int) or isinstance(gt_size, bool) or not isinstance(scale, int) or gt_size < scale:
+        raise ConfigError(
+            f"{source}: datasets.{name}.gt_size: must be an integer of at least the scale ({scale!r}), got {gt_size!r}"
+        )
+    dataset["lq_size"] = gt_size // scale  # as traiNNer-redux's train.py converts it
+
+
+def _dataset_scale(dataset: dict, name: str, scale: Any, source: str) -> None:
+    """A dataset's own `scale` (BasicSR's): the job's scale is the one that counts, so it must agree."""
+    own = dataset.pop("scale", None)
+    if own is not None and own != scale:
+        raise ConfigError(f"{source}: datasets.{name}.scale: {own!r} differs from the job's scale {scale!r}")
 
 
 def lift_ignored(data: dict, source: str) -> tuple[dict, list[str]]:
     """Remove the traiNNer-redux options srcluster does not act on, with one warning each; leave the rest."""
     data = copy.deepcopy(data)
     warnings: list[str] = []
+    if data.get("network_ae") is not None and data.get("network_g") is None:
+        raise ConfigError(
+            f"{source}: network_ae: autoencoder training (traiNNer-redux's AEModel) is not supported: srcluster "
+            "trains SR generators (network_g)"
+        )
 
     def visit(node: dict, path: tuple[str, ...]) -> None:
         for key in list(node):
-            reason = _ignored_reason((*path, str(key)))
+            where = (*path, str(key))
+            if _pattern(where) in REFUSED:
+                _refuse_or_drop(node, key, where, source)
+                continue
+            reason = _ignored_reason(where)
             if reason is not None:
                 del node[key]
-                warnings.append(f"{source}: {'.'.join((*path, str(key)))}: ignored ({reason})")
+                warnings.append(f"{source}: {'.'.join(where)}: ignored ({reason})")
 
     visit(data, ())
     for section in ("train", "logger", "val", "path"):
@@ -160,6 +250,9 @@ def lift_ignored(data: dict, source: str) -> tuple[dict, list[str]]:
                     "supported; srcluster trains on single images"
                 )
             visit(dataset, ("datasets", str(name)))
+            _dataset_scale(dataset, str(name), data.get("scale"), source)
+            if name == "train":
+                _lq_size_from_gt_size(dataset, str(name), data.get("scale"), source)
     if isinstance(data.get("train"), dict):
         warnings += lift_old_losses(data["train"], source)
     losses = (data.get("train") or {}).get("losses") if isinstance(data.get("train"), dict) else None
@@ -213,6 +306,8 @@ OLD_LOSS_KEYS = (
 def lift_old_losses(train: dict, source: str) -> list[str]:
     """Move the old `*_opt` loss sections of `train` into `train.losses`, as traiNNer-redux reads them; with a
     `losses` list they are dropped with a warning each."""
+    for key in [key for key in OLD_LOSS_KEYS if key in train and train[key] is None]:
+        del train[key]  # `pixel_opt: null` is no loss section at all, as in traiNNer-redux
     found = [key for key in OLD_LOSS_KEYS if train.get(key) is not None]
     if train.get("losses") is not None:
         for key in found:
@@ -233,6 +328,13 @@ def lift_old_losses(train: dict, source: str) -> list[str]:
 def value_warnings(job: Job, source: str) -> list[str]:
     """Valid traiNNer-redux values that srcluster replaces with its own, one warning each."""
     warnings = []
+    train, degradations = job.datasets.train, job.datasets.train.degradations
+    otf = degradations is not None and degradations.makes_lr
+    if train.lq_resize_mode is not None and (train.dataroot_lq is not None or otf):
+        made_by = "datasets.train.dataroot_lq" if train.dataroot_lq is not None else "the on-the-fly degradations"
+        warnings.append(
+            f"{source}: datasets.train.lq_resize_mode: ignored (the LR comes from {made_by}, as in traiNNer-redux)"
+        )
     if job.logger.save_checkpoint_format == "pth":
         warnings.append(
             f"{source}: logger.save_checkpoint_format: pth ignored (for checkpoints: srcluster writes safetensors, "

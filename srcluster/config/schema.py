@@ -44,6 +44,8 @@ class TrainDataset(Strict):
     num_worker_per_gpu: Annotated[int, Field(ge=0)] = 2
     use_hflip: bool = True
     use_rot: bool = True
+    # traiNNer-redux's GT-only LR: made in the step by its resize_pt in this mode; None: MATLAB's bicubic (imresize)
+    lq_resize_mode: Literal["bilinear", "bicubic", "nearest-exact", "lanczos", "area"] | None = None
     # Not written in job files: parse_job fills it from traiNNer-redux's degradation keys (top level and here), so it
     # travels with the job to the workers and into the run key and MLflow params. None: bicubic LR (or paired data).
     degradations: Degradations | None = None
@@ -107,6 +109,9 @@ class Paths(Strict):
     pretrain_network_g: str | None = None
     param_key_g: str | None = None
     strict_load_g: bool = True
+    # the EMA generator's starting weights (redux: key "params_ema", strictness strict_load_g); None: a copy of G
+    pretrain_network_g_ema: str | None = None
+    pretrain_network_g_teacher: str | None = None  # network_g_teacher's weights (loaded strictly, as redux)
     pretrain_network_d: str | None = None
     param_key_d: str | None = None
     strict_load_d: bool = True
@@ -155,7 +160,17 @@ class Scheduler(Open):
 
 
 class Loss(Component):
-    loss_weight: Annotated[float, Field(ge=0)] = 1.0
+    # traiNNer-redux: a negative weight compares the output with the bicubic upscale of the LR input (weight |w|)
+    loss_weight: float = 1.0
+
+
+class EcoOptions(Strict):
+    """traiNNer-redux's ECO: targets (and, in `full` mode, inputs) mixed from network_g_teacher's output towards the
+    real pair over the first `end_ratio` of total_iter (train/eco.py)."""
+
+    enabled: bool = False
+    end_ratio: Annotated[float, Field(gt=0, le=1)] = 0.75
+    mode: Literal["full", "hr_only"] = "full"
 
 
 class TrainOptions(Strict):
@@ -167,6 +182,12 @@ class TrainOptions(Strict):
     ema_switch_iter: Annotated[int, Field(ge=0)] = 0  # every N updates G is set to its EMA (0: never)
     grad_clip: bool = False
     grad_clip_max_norm: Annotated[float, Field(gt=0)] = 100.0
+    # traiNNer-redux: skip D's update while an EMA of G's GAN loss rises past threshold x its previous value
+    adaptive_d: bool = False
+    adaptive_d_ema_decay: Annotated[float, Field(ge=0, le=1)] = 0.999
+    adaptive_d_threshold: Annotated[float, Field(gt=0)] = 1.02
+    # on resume: the scheduler restarts from the config's schedule at the resumed iteration instead of its saved state
+    restart_scheduler: bool = False
     # mixture of augmentations (degrade/moa.py): one of moa_augs drawn per batch with moa_probs, on the device
     use_moa: bool = False
     moa_augs: list[str] = ["none", "mixup", "cutmix", "resizemix"]  # redux's defaults (its probs list is longer)
@@ -177,6 +198,7 @@ class TrainOptions(Strict):
     optim_d: Optimizer | None = None
     scheduler: Scheduler = Scheduler()
     losses: list[Loss]
+    eco: EcoOptions = EcoOptions()
 
 
 class Metric(Component):
@@ -372,9 +394,13 @@ class Job(Strict):
     fast_matmul: bool = False  # TF32 float32 matmuls and convolutions
     deterministic: bool = False  # torch's deterministic algorithms, no cuDNN autotuning (slower; for reproducing runs)
     detect_anomaly: bool = False  # autograd anomaly detection: names the operation that made a NaN (much slower)
+    # DDP's find_unused_parameters, as redux passes it: for generators with parameters a forward may not use
+    find_unused_parameters: bool = False
     datasets: Datasets
     network_g: Network
     network_d: Network | None = None
+    # a frozen generator whose output is the target of given-LR data (distillation) or, with train.eco, mixed in
+    network_g_teacher: Network | None = None
     path: Paths = Paths()
     train: TrainOptions
     # no `val:` section: no validation, as in traiNNer-redux (compat warns when validation sets are then unused)
@@ -401,12 +427,26 @@ class Job(Strict):
         return self
 
     @model_validator(mode="after")
+    def teacher_options(self) -> Job:
+        # traiNNer-redux asserts these when it builds the model
+        if self.network_g_teacher is not None and not self.path.pretrain_network_g_teacher:
+            raise ValueError("network_g_teacher: needs its weights in path.pretrain_network_g_teacher")
+        if self.train.eco.enabled and self.network_g_teacher is None:
+            raise ValueError("train.eco.enabled: ECO mixes in a teacher's output; set network_g_teacher")
+        if self.train.eco.enabled and self.scale < 2:
+            raise ValueError(f"train.eco.enabled: ECO needs a scale of 2 or more, not {self.scale}")
+        return self
+
+    @model_validator(mode="after")
     def components_exist(self) -> Job:
         # The registries live beside their torch code; importing them here, when a job is validated, keeps importing
         # the schema itself torch-free (the CLI and the launcher read job files without a training environment).
         from srcluster.components import archs, losses, optim, perceptual
 
         archs.check_generator_options(self.network_g.type, self.scale, self.network_g.options())
+        if self.network_g_teacher is not None:
+            teacher = self.network_g_teacher
+            archs.check_generator_options(teacher.type, self.scale, teacher.options(), "network_g_teacher")
         if self.network_d is not None:
             archs.DISCRIMINATORS.check(self.network_d.type, "network_d.type")
             archs.DISCRIMINATORS.check_options(self.network_d.type, self.network_d.options(), "network_d")
@@ -414,7 +454,12 @@ class Job(Strict):
             losses.LOSSES.check(loss.type, f"train.losses[{i}].type")
             losses.LOSSES.check_options(loss.type, loss.options(), f"train.losses[{i}]")
             losses.check_values(loss.type, loss.options(), f"train.losses[{i}]")
-            if loss.type == "ldlloss" and loss.loss_weight > 0 and self.train.ema_decay == 0:
+            if loss.loss_weight < 0 and loss.type in GAN_LOSS_TYPES:
+                raise ValueError(
+                    f"train.losses[{i}].loss_weight: {loss.loss_weight}: a GAN loss takes a positive weight (a "
+                    "negative weight compares a pixel or feature loss with the bicubic upscale of the LR)"
+                )
+            if loss.type == "ldlloss" and loss.loss_weight != 0 and self.train.ema_decay == 0:
                 raise ValueError(
                     f"train.losses[{i}]: ldlloss compares with the EMA generator's output; set train.ema_decay > 0"
                 )

@@ -37,6 +37,8 @@ class JobFile:
             named = {
                 "path.pretrain_network_g": job.path.pretrain_network_g,
                 "path.pretrain_network_d": job.path.pretrain_network_d,
+                "path.pretrain_network_g_ema": job.path.pretrain_network_g_ema,
+                "path.pretrain_network_g_teacher": job.path.pretrain_network_g_teacher,
                 "path.resume_state": job.path.resume_state,
             }
             for split, dataset in {"train": job.datasets.train, **job.datasets.validation_sets}.items():

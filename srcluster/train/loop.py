@@ -234,8 +234,13 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 # DDP's buckets hold the gradients themselves (no second copy of every gradient); other options stay torch's (the GAN
-# step runs D twice per backward and G's graph changes with `use_compile`, so `static_graph` is not safe to assume)
+# step runs D twice per backward and G's graph changes with `use_compile`, so `static_graph` is not safe to assume),
+# but for the job's find_unused_parameters, which traiNNer-redux passes to DDP as given
 DDP_OPTIONS = {"gradient_as_bucket_view": True}
+
+
+def ddp_options(job: Job) -> dict[str, Any]:
+    return DDP_OPTIONS | {"find_unused_parameters": job.find_unused_parameters}
 
 
 def with_gradient_compression(ddp: nn.Module, bf16: bool) -> nn.Module:
@@ -276,7 +281,7 @@ def train_worker(config: dict[str, Any]) -> None:
     def wrap(net: nn.Module) -> nn.Module:
         if world == 1:
             return net
-        ddp = ray.train.torch.prepare_model(net, move_to_device=False, parallel_strategy_kwargs=DDP_OPTIONS)
+        ddp = ray.train.torch.prepare_model(net, move_to_device=False, parallel_strategy_kwargs=ddp_options(job))
         return with_gradient_compression(ddp, job.srcluster.ddp_bf16_gradients)
 
     stage = build_stage(job, device, wrap, log, settings, staged_pretrains=config.get("staged_pretrains"))

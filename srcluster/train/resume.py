@@ -5,9 +5,10 @@ Two sources:
   the whole training state but the earlier run's best-so-far (this run keeps its own);
 - a traiNNer-redux training state (`experiments/<name>/training_states/<iter>.state`), imported with the networks redux
   saved beside it (`models/net_g_ema_<iter>`, `models/[resume_models/]net_g_<iter>`, `net_d_<iter>`, as safetensors or
-  pth): networks, optimizers, the position in the schedule, the EMA step and the iteration.
+  pth): networks, optimizers, the scheduler state, the EMA step and the iteration.
 
-Either way the schedule and optimizer options then follow this job's config (`Stage.follow_config`). What does not fit
+Either way the optimizer options then follow this job's config, and the schedule goes on as saved or, with
+`train.restart_scheduler`, restarts from this job's at the saved iteration (`Stage.follow_config`). What does not fit
 this job (another architecture, a discriminator one side only, another optimizer) is refused with one line naming it;
 nothing is carried over partly. The driver runs the same import on a throwaway CPU stage before Ray starts
 (`check`), so a refusal costs no cluster time.
@@ -27,7 +28,7 @@ from srcluster.components.weights import read_state_dict
 from srcluster.config import Job
 from srcluster.errors import SrclusterError
 from srcluster.storage import StorageSettings
-from srcluster.train.state import STATE_FILE, Stage, build_stage
+from srcluster.train.state import SCHEDULES, STATE_FILE, Stage, build_stage
 
 REDUX_SUFFIX = ".state"
 REDUX_NETWORK_FORMATS = ("safetensors", "pth")  # redux's logger.save_checkpoint_format
@@ -48,14 +49,15 @@ def start_from(stage: Stage, uri: str, settings: StorageSettings, log=print) -> 
     """Load `uri` (an srcluster checkpoint or a traiNNer-redux `.state`) into a freshly built `stage`."""
     if uri.endswith(REDUX_SUFFIX):
         import_redux_state(stage, uri, settings)
-        what = "traiNNer-redux state: networks, optimizers, schedule position"
+        what = "traiNNer-redux state: networks, optimizers, schedule"
     else:
         load_checkpoint(stage, uri, settings)
         what = "srcluster checkpoint"
     total = stage.job.train.total_iter
     if stage.iteration >= total:
         raise refused(uri, f"it is at iteration {stage.iteration}, train.total_iter is {total}: raise total_iter")
-    log(f"starting from {uri} at iteration {stage.iteration} ({what}); schedule and optimizer options from this job")
+    schedule = "this job's schedule (restart_scheduler)" if stage.job.train.restart_scheduler else "the saved schedule"
+    log(f"starting from {uri} at iteration {stage.iteration} ({what}); optimizer options from this job, {schedule}")
 
 
 def read_bytes(url: str, uri: str, settings: StorageSettings, missing: str) -> bytes:
@@ -91,7 +93,7 @@ def load_checkpoint(stage: Stage, uri: str, settings: StorageSettings) -> None:
         if parts[name] is not None and net is not None and optimizer is not None:
             check_optimizer(state[name], net, optimizer, name, uri)
     world = stage.world  # the worker count this run trains with, not the earlier run's
-    stage.load_state({k: v for k, v in state.items() if k != "best"})  # the best so far is the earlier run's
+    stage.load_state({k: v for k, v in state.items() if k != "best"}, rerun=False)  # the best is the earlier run's
     stage.world = world
 
 
@@ -111,12 +113,12 @@ def import_redux_state(stage: Stage, uri: str, settings: StorageSettings) -> Non
         )
     check_discriminator(uri, has_d=len(optimizers) == 2, job_d=stage.raw_d is not None)
     # redux's order: the generator's optimizer and schedule first, then the discriminator's
-    trained = [(stage.raw_g, "net_g", "network_g", stage.optim_g, stage.sched_g)]
-    if stage.raw_d is not None and stage.optim_d is not None and stage.sched_d is not None:
-        trained.append((stage.raw_d, "net_d", "network_d", stage.optim_d, stage.sched_d))
+    trained = [(stage.raw_g, "net_g", "network_g", stage.optim_g)]
+    if stage.raw_d is not None and stage.optim_d is not None:
+        trained.append((stage.raw_d, "net_d", "network_d", stage.optim_d))
 
     models = f"{posixpath.dirname(posixpath.dirname(uri.rstrip('/')))}/models"
-    for i, (net, name, config_key, optimizer, scheduler) in enumerate(trained):
+    for i, (net, name, config_key, optimizer) in enumerate(trained):
         load_redux_network(net, redux_network(models, name, iteration, uri, settings), name, config_key, uri, settings)
         check_optimizer(optimizers[i], net, optimizer, label_of(i), uri)
         try:
@@ -125,7 +127,6 @@ def import_redux_state(stage: Stage, uri: str, settings: StorageSettings) -> Non
             raise refused(uri, f"{label_of(i)} does not load into {type(optimizer).__name__}: {exc}") from None
         if callable(getattr(optimizer, "train", None)):  # a schedule-free optimizer trains in train mode
             optimizer.train()  # pyright: ignore[reportAttributeAccessIssue]
-        scheduler.scheduler.last_epoch = int(schedulers[i].get("last_epoch", iteration))  # where redux stood
     if stage.ema is not None:  # redux falls back to net_g when it saved no EMA, and so does this
         ema_file = redux_network(models, "net_g_ema", iteration, uri, settings, required=False)
         source = ema_file or redux_network(models, "net_g", iteration, uri, settings)
@@ -135,7 +136,7 @@ def import_redux_state(stage: Stage, uri: str, settings: StorageSettings) -> Non
         if name in state and scaler.is_enabled():  # fp16 here and there: the loss scale it had reached
             scaler.load_state_dict(state[name])
     stage.iteration = iteration
-    stage.follow_config()
+    stage.follow_config(dict(zip(SCHEDULES, schedulers, strict=False)))  # redux's order: G's, then D's
 
 
 def redux_network(

@@ -24,11 +24,12 @@ class StageSpecs:
     scale: int
     seed: int
     generator: NetworkSpec
-    losses: tuple[LossSpec, ...]  # the terms with a weight > 0, in the job's order
+    losses: tuple[LossSpec, ...]  # the terms with a nonzero weight (< 0: against the LR's bicubic), in the job's order
     optim_g: OptimizerSpec
     scheduler: SchedulerSpec
     ema: EMASpec | None  # None: no EMA (ema_decay 0)
     pretrain_g: PretrainSpec | None = None  # path as configured (a URL or models:/ URI is resolved by build_stage)
+    pretrain_g_ema: PretrainSpec | None = None  # the EMA's starting weights; only with an EMA
     discriminator: NetworkSpec | None = None  # only with a ganloss
     optim_d: OptimizerSpec | None = None
     pretrain_d: PretrainSpec | None = None
@@ -61,6 +62,11 @@ def stage_specs(job: Job) -> StageSpecs:
         else None,
         pretrain_g=PretrainSpec(path.pretrain_network_g, path.param_key_g, path.strict_load_g)
         if path.pretrain_network_g
+        else None,
+        # redux loads it with strict_load_g and the key params_ema, falling back to the file's other layouts: what
+        # no param_key does here (params_ema first)
+        pretrain_g_ema=PretrainSpec(path.pretrain_network_g_ema, None, path.strict_load_g)
+        if path.pretrain_network_g_ema and train.ema_decay > 0
         else None,
     )
     if not gan:

@@ -78,7 +78,7 @@ def check_weights(job: Job) -> None:
     from srcluster.train.validate import build_metrics
 
     for spec in job.train.losses:
-        if spec.loss_weight > 0 and spec.type in ("perceptualloss", "distsloss", "linedistillerloss"):
+        if spec.loss_weight != 0 and spec.type in ("perceptualloss", "distsloss", "linedistillerloss"):
             build_loss(spec.type, **spec.options())
     if job.validates and job.val.metrics_enabled:
         build_metrics(job.val.metrics, job.scale)
@@ -135,7 +135,8 @@ IDENTITY_TAG_LIMIT = 5000  # MLflow keeps 8000 characters of a tag value; longer
 
 def run_identity(job: Job) -> dict[str, Any]:
     """The options that make the model, by their job-file key: name, scale, architecture (D only when a GAN loss
-    trains it), training data, and where the weights start (pretrains, `path.resume_state`)."""
+    trains it), training data, where the weights start (pretrains, `path.resume_state`) and the teacher it learns
+    from. The EMA's starting weights and the teacher count only when set, so jobs without them keep their run keys."""
     gan = job.uses_gan
     data, path = job.datasets.train, job.path
     return flatten(
@@ -151,7 +152,19 @@ def run_identity(job: Job) -> dict[str, Any]:
                 "resume_state": path.resume_state,
             },
         }
-    )
+    ) | flatten(optional_identity(job))
+
+
+def optional_identity(job: Job) -> dict[str, Any]:
+    """The identity's keys that only some jobs set (the EMA's starting weights, a teacher)."""
+    out: dict[str, Any] = {}
+    if job.path.pretrain_network_g_ema:
+        out["path.pretrain_network_g_ema"] = job.path.pretrain_network_g_ema
+    if job.network_g_teacher is not None:
+        out["network_g_teacher"] = job.network_g_teacher.model_dump(mode="json")
+        out["path.pretrain_network_g_teacher"] = job.path.pretrain_network_g_teacher
+        out["train.eco"] = job.train.eco.model_dump(mode="json")
+    return out
 
 
 def run_key(job: Job) -> str:
@@ -443,6 +456,10 @@ def max_failures(job: Job) -> int:
     return CLUSTER_MAX_FAILURES if os.environ.get(ON_CLUSTER_ENV) == "1" else 0
 
 
+# every weights file a stage starts from, by its key under `path:`
+PRETRAIN_KEYS = ("pretrain_network_g", "pretrain_network_d", "pretrain_network_g_ema", "pretrain_network_g_teacher")
+
+
 def staged_pretrains(job: Job, run_folder: str, settings: StorageSettings, log) -> dict[str, str]:
     """Each `models:/` pretrain resolved once, here, and its weights copied to the run's storage (`<run>/pretrains/`):
     {the job's URI: the copy's URL}, which the workers read instead of each asking the MLflow server (at 32-64 ranks
@@ -450,7 +467,7 @@ def staged_pretrains(job: Job, run_folder: str, settings: StorageSettings, log) 
     from srcluster.tracking.models import is_model_uri, weights_file
 
     staged: dict[str, str] = {}
-    for key in ("pretrain_network_g", "pretrain_network_d"):
+    for key in PRETRAIN_KEYS:
         source = getattr(job.path, key)
         if not source or not is_model_uri(source):
             continue

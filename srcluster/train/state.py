@@ -1,18 +1,22 @@
 """Everything a worker trains with (`Stage`), built from the job's specs, and its checkpoint files.
 
-A checkpoint folder holds `state.pt` (the whole Stage: networks, optimizers, schedulers, EMA, RNG, iteration, best) and
-the EMA generator as safetensors, the file passed downstream.
+A checkpoint folder holds `state.pt` (the whole Stage: networks, optimizers, schedulers, EMA, adaptive_d's loss EMA,
+RNG, iteration, best) and the EMA generator as safetensors, the file passed downstream. A restored stage takes the
+job's optimizer options, and its schedule as saved or, with `train.restart_scheduler`, the job's from the restored
+iteration on (`Stage.follow_config`).
 """
 
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from srcluster.components import archs, losses, weights
 from srcluster.components.optim import (
@@ -23,6 +27,7 @@ from srcluster.components.optim import (
     build_optimizer,
     build_scheduler,
     is_schedule_free,
+    make_scheduler,
     options_held,
 )
 from srcluster.components.specs import PretrainSpec
@@ -35,6 +40,7 @@ from srcluster.train.specs import stage_specs
 
 STATE_FILE = "state.pt"
 GENERATOR_FILE = "net_g_ema.safetensors"
+SCHEDULES = ("sched_g", "sched_d")  # the parts `follow_config` restores, not `load_state_dict`
 
 
 def checkpoint_file(checkpoint, name: str) -> bytes:
@@ -78,6 +84,11 @@ class Stage:
     pending_finite: Any = None  # train/step.py: the last device-gated step's flag until the host has read it
     best: Best | None = None  # the best generator by the job's best_metric, and the plateau counter
     world: int = 1  # worker count this state was trained with (an elastic resume may differ)
+    # train.adaptive_d with a GAN loss: traiNNer-redux's EMA of G's GAN loss (l_g_gan_ema), a 0-d float32 tensor on
+    # the device, 0.0 at the start; checkpointed, so a resume goes on from it (redux starts it at 0 again)
+    gan_loss_ema: torch.Tensor | None = None
+    # network_g_teacher, frozen in eval mode: distillation targets and ECO (train/batch.py, train/eco.py)
+    teacher: nn.Module | None = None
 
     @property
     def eval_net(self) -> nn.Module:
@@ -91,6 +102,8 @@ class Stage:
             torch_rng=torch.get_rng_state(),
             world=self.world,
         )
+        if self.gan_loss_ema is not None:
+            state["gan_loss_ema"] = self.gan_loss_ema
         if self.best is not None:
             state["best"] = self.best.state()
         return state
@@ -108,9 +121,11 @@ class Stage:
             "net_g_ema": self.ema.net if self.ema else None,
         }
 
-    def load_state(self, state: dict[str, Any]) -> None:
+    def load_state(self, state: dict[str, Any], *, rerun: bool = True) -> None:
+        """Restore a checkpoint. `rerun`: this run's own checkpoint, which a rerun of the job continues with the job's
+        schedule (see `follow_config`); False: another run's, `path.resume_state`."""
         for name, part in self.parts().items():
-            if part is not None and name in state:
+            if part is not None and name in state and name not in SCHEDULES:
                 part.load_state_dict(state[name])
         if "scaler" in state and self.scaler_g.is_enabled():  # a checkpoint from before G and D had a scaler each
             self.scaler_g.load_state_dict(state["scaler"])
@@ -122,35 +137,87 @@ class Stage:
             self.ema.step = int(state.get("ema_step", self.iteration))
         torch.set_rng_state(state["torch_rng"])
         self.world = int(state.get("world", self.world))
+        if self.gan_loss_ema is not None and "gan_loss_ema" in state:  # else it starts at 0.0, as redux's
+            self.gan_loss_ema.copy_(state["gan_loss_ema"])
         if self.best is not None and "best" in state:
             self.best.load_state(state["best"])
-        self.follow_config(state)
+        self.follow_config({name: state[name] for name in SCHEDULES if name in state}, rerun=rerun)
 
-    def follow_config(self, state: dict[str, Any] | None = None) -> None:
-        """After a restore: the job's optimizer options and schedule from the restored iteration on, not the
-        checkpoint's (a rerun may raise total_iter, add milestones or change the lr; traiNNer-redux's
-        restart_scheduler). `state`: the checkpoint, whose schedule is kept where the job's is the same; None (an
-        imported state) sets every lr from the job's schedule."""
+    def follow_config(self, saved_schedules: dict[str, dict[str, Any]], *, rerun: bool = False) -> None:
+        """After a restore at `self.iteration`: the job's optimizer options (a rerun or a PBT mutation may change the
+        lr), and the schedule. A `rerun` of the job (srcluster's own checkpoints) follows the job's schedule from the
+        restored iteration, whatever restart_scheduler says: a rerun may raise total_iter or add milestones (the saved
+        scheduler goes on only where the job's is unchanged). A new run from `path.resume_state` resumes as
+        traiNNer-redux does: with `train.restart_scheduler` false (its default) the saved scheduler goes on where it
+        stood with its own settings, with true the job's schedule restarts at the restored iteration
+        (`restart_schedule`). `saved_schedules`: the saved scheduler states by part name ("sched_g", "sched_d");
+        where one is missing, or is another kind of scheduler than the job's, the job's restarts."""
         specs = stage_specs(self.job)
         trained = [("sched_g", self.optim_g, self.sched_g, specs.optim_g)]
         if self.optim_d is not None and self.sched_d is not None and specs.optim_d is not None:
             trained.append(("sched_d", self.optim_d, self.sched_d, specs.optim_d))
+        restart = self.job.train.restart_scheduler
         for name, optimizer, schedule, spec in trained:
+            saved = saved_schedules.get(name)
+            if rerun:
+                goes_on = saved is not None and same_settings(schedule, saved) and continue_schedule(schedule, saved)
+            else:
+                goes_on = not restart and saved is not None and continue_schedule(schedule, saved)
+            # the options before a restart (its lrs start from the job's initial lr), after a saved schedule's load
+            # (which brings back the saved base lrs); only where they differ: it rescales the lr (not bit for bit)
             if not options_held(optimizer, spec):
-                apply_optimizer_options(optimizer, schedule, spec)  # only then: it rescales the lr (not bit for bit)
-            saved = (state or {}).get(name)
-            if saved is None or {k: v for k, v in saved.items() if k not in PROGRESS} != schedule.config():
-                lr_from_schedule(optimizer, schedule, self.iteration)
+                apply_optimizer_options(optimizer, schedule, spec)
+            if not goes_on:
+                restart_schedule(optimizer, schedule, self.iteration)
 
 
-def lr_from_schedule(optimizer: torch.optim.Optimizer, schedule: Schedule, iteration: int) -> None:
-    """Each param group's lr where the job's schedule has it after `iteration` steps (the schedule steps relative to
-    the current lr, so a milestone added before the restored iteration would otherwise never apply)."""
-    lrs = schedule.closed_form_lrs()  # at the restored last_epoch
+def same_settings(schedule: Schedule, saved: dict[str, Any]) -> bool:
+    """Whether a saved scheduler state has the job's scheduler's settings (its progress aside)."""
+    return {k: v for k, v in saved.items() if k not in PROGRESS} == schedule.config()
+
+
+def continue_schedule(schedule: Schedule, saved: dict[str, Any]) -> bool:
+    """Load a saved scheduler state whole, its settings (milestones, periods, T_max, ...) included, as redux's
+    `scheduler.load_state_dict`; False, loading nothing, where it is another kind of scheduler (it lacks one of the
+    job's scheduler's settings). torch's private flags are no settings: another torch version saves other ones."""
+    own = schedule.scheduler.state_dict()
+    if not {k for k in schedule.config() if not k.startswith("_")} <= saved.keys():
+        return False
+    schedule.scheduler.load_state_dict(own | {k: v for k, v in saved.items() if k in own})
+    return True
+
+
+def restart_schedule(optimizer: torch.optim.Optimizer, schedule: Schedule, iteration: int) -> None:
+    """traiNNer-redux's restart_scheduler: the job's schedule, not the saved one, goes on from `iteration`. Its
+    scheduler is put where it would stand after `iteration` steps from the start (redux sets last_epoch and
+    _step_count alone; a scheduler that counts more, as CosineAnnealingWarmRestarts' cycle, is replayed) and each lr
+    is the schedule's there: the new schedule's lr at `iteration`, a milestone added before it included. (redux
+    keeps the saved optimizer's lr and sets last_epoch to iteration - 1, so its new schedule acts one step late.)"""
+    scheduler = schedule.scheduler
+    scheduler.last_epoch = iteration
+    scheduler._step_count = iteration + 1  # pyright: ignore[reportAttributeAccessIssue]  # torch's count of step() calls
+    if getattr(scheduler, "_get_closed_form_lr", None) is not None:
+        lrs = schedule.closed_form_lrs()
+    else:
+        replay = replayed(schedule, iteration)
+        progress = {k: v for k, v in replay.state_dict().items() if k in PROGRESS and k != "base_lrs"}
+        scheduler.load_state_dict(scheduler.state_dict() | progress)
+        lrs = replay.get_last_lr()
     for group, lr in zip(optimizer.param_groups, lrs, strict=True):
         warming = 0 < iteration <= schedule.warmup_iter
         group["lr"] = group["initial_lr"] * iteration / schedule.warmup_iter if warming else lr
-    schedule.scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # pyright: ignore[reportAttributeAccessIssue]  # what get_last_lr() reports
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # pyright: ignore[reportAttributeAccessIssue]  # what get_last_lr() reports
+
+
+def replayed(schedule: Schedule, iteration: int) -> LRScheduler:
+    """The job's scheduler after `iteration` steps from its base lrs, on a throwaway optimizer."""
+    params = [{"params": [nn.Parameter(torch.zeros(1))], "lr": base} for base in schedule.scheduler.base_lrs]
+    replay = make_scheduler(torch.optim.Adam(params), schedule.spec)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before")
+        for _ in range(iteration):
+            replay.step()
+    return replay
 
 
 def load_pretrain(
@@ -175,6 +242,27 @@ def load_pretrain(
             strict_key=f"strict_load_{network}",
         )
         log(f"{label}: {report.summary()}")
+
+
+def build_teacher(
+    job: Job,
+    device: torch.device,
+    log,
+    settings: StorageSettings | None,
+    staged: dict[str, str] | None,
+) -> nn.Module | None:
+    """`network_g_teacher` with its weights (`path.pretrain_network_g_teacher`, strictly, as traiNNer-redux loads it),
+    frozen in eval mode on the stage's device; None without one."""
+    spec = job.network_g_teacher
+    if spec is None:
+        return None
+    weights_path = job.path.pretrain_network_g_teacher
+    assert weights_path is not None  # the job's validation requires it with a teacher
+    teacher = archs.build_generator(spec.type, job.scale, **spec.options()).to(device)
+    pretrain = PretrainSpec(weights_path, None, True)
+    load_pretrain(teacher, pretrain, "teacher", log, settings, staged=staged)
+    teacher.requires_grad_(False)
+    return teacher.eval().to(memory_format=backend.memory_format(job))
 
 
 def amp_dtype(job: Job, device: torch.device) -> torch.dtype | None:
@@ -221,6 +309,8 @@ def build_stage(
     torch.manual_seed(specs.seed)  # same initial weights on every rank
     raw_g = archs.build_generator(specs.generator.type, specs.scale, **specs.generator.options).to(device)
     load_pretrain(raw_g, specs.pretrain_g, "pretrain", log, settings, staged=staged_pretrains)
+    # the teacher next, between G and D as in redux's SRModel, so the seed gives D the same initial weights as there
+    teacher = build_teacher(job, device, log, settings, staged_pretrains)
     raw_d = None
     if specs.discriminator is not None:  # built next, as redux does, so the seed gives it the same initial weights
         raw_d = archs.build_discriminator(specs.discriminator.type, **specs.discriminator.options).to(device)
@@ -229,6 +319,11 @@ def build_stage(
     if raw_d is not None:
         raw_d = raw_d.to(memory_format=layout)
     ema = EMA.from_spec(raw_g, specs.ema) if specs.ema else None
+    if ema is not None:
+        # redux hands these weights to ema-pytorch as its ema_model: they are the EMA generator until its first
+        # update, which copies G all the same (ema-pytorch copies on the update that finds it not yet initialised, as
+        # EMA.update's first does); a resumed stage's EMA then comes from its checkpoint
+        load_pretrain(ema.net, specs.pretrain_g_ema, "pretrain EMA", log, settings, staged=staged_pretrains)
     optim_g = build_optimizer(raw_g.parameters(), specs.optim_g)
     pixel, gan = [], None
     for spec in specs.losses:
@@ -242,6 +337,7 @@ def build_stage(
         # redux compiles G only; in a small-G GAN step D and the loss networks (VGG, DISTS) are most of the work
         pixel = [(name, weight, compiled(module)) for name, weight, module in pixel]
     stage = Stage(job, device, wrap(raw_g), raw_g, ema, optim_g, build_scheduler(optim_g, specs.scheduler), pixel, gan)
+    stage.teacher = teacher
     if job.use_compile:  # the training forward only: EMA, validation and checkpoints use the plain module
         # a Module in, an OptimizedModule (a Module) out; torch.compile's annotations only promise a callable
         stage.net_g = cast(nn.Module, torch.compile(stage.net_g, mode=job.compile_mode))
@@ -257,6 +353,8 @@ def build_stage(
             stage.net_d = cast(nn.Module, torch.compile(stage.net_d, mode=job.compile_mode))
         stage.optim_d = build_optimizer(raw_d.parameters(), specs.optim_d)
         stage.sched_d = build_scheduler(stage.optim_d, specs.scheduler)
+        if job.train.adaptive_d:
+            stage.gan_loss_ema = torch.zeros((), device=device)  # redux's l_g_gan_ema starts at 0.0
     return stage
 
 

@@ -1,5 +1,9 @@
 """One optimiser step of a stage: micro-batches, losses, DDP gradient sync, clipping, non-finite skips, EMA.
 
+traiNNer-redux's loss options act here: a loss with a negative weight compares G's output with the bicubic upscale of
+the LR (`bicubic_upscale`) at |weight|, and `train.adaptive_d` skips D's passes of a micro-batch while an EMA of G's
+GAN loss climbs (`adaptive_d_skips`), D's update with the last micro-batch's.
+
 The step reads its options (amp, channels_last, grad clip, the degradations' GT sharpening) from the stage's job; the
 loop around it is `srcluster.train.loop.run`. What it returns stays on the device: the loop turns it into numbers at
 its report points only (`step_values`), so a step on a GPU need not wait for the GPU to finish.
@@ -17,6 +21,9 @@ How a non-finite step is skipped, and what the host waits for (each way skips ex
 - any other optimizer (the default, non-fused AdamW among them): a step cannot be undone on the device without
   keeping a copy of its whole state, and an optimizer may keep part of its state in Python, so the step reads one
   flag on the host before the optimizers step: one wait per step. A CPU always decides so (`DEVICE_GATED`).
+
+With `train.adaptive_d` on, whether D's passes run is one more host read per micro-batch, whichever way the skip is
+decided: the flag's copy is waited for once G's backward is queued, so the device does not idle meanwhile.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ import time
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from srcluster.components import losses
@@ -35,6 +44,7 @@ from srcluster.components.optim import EMA, Schedule, floating
 from srcluster.config import Job
 from srcluster.train import backend
 from srcluster.train.batch import to_batch
+from srcluster.train.eco import eco_alpha, end_iteration
 from srcluster.train.state import Stage, amp_dtype
 
 # Devices whose steps decide skips on the device. A CPU runs each operation before the next, so reading the flag costs
@@ -78,38 +88,56 @@ class Trained(NamedTuple):
 def train_step(stage: Stage, batches, accum: int, *, decide_on_host: bool = False) -> dict[str, torch.Tensor | float]:
     """One optimiser step over `accum` micro-batches; gradients are all-reduced only on the last one.
 
-    Returns each loss term (traiNNer-redux's log keys), l_g_total, grad_norm_g (and grad_norm_d) as 0-d tensors on
-    the stage's device, and data_wait_s (seconds spent waiting for batches, a float). `decide_on_host`: read the
-    finite flag on the host before stepping even where the device could decide (the benchmarks' baseline)."""
+    Returns each loss term (traiNNer-redux's log keys), l_g_total, grad_norm_g (and grad_norm_d, unless adaptive_d
+    skipped D's update) as 0-d tensors on the stage's device, data_wait_s (seconds spent waiting for batches, a
+    float) and, with adaptive_d, d_skipped (the share of the micro-batches whose D passes it skipped, a float: 0 or 1
+    with accum_iter 1). `decide_on_host`: read the finite flag on the host before stepping even where the device
+    could decide (the benchmarks' baseline)."""
     job, device = stage.job, stage.device
     gan = gan_of(stage)
     totals: dict[str, torch.Tensor] = {}  # each loss term, summed over the micro-batches on the device
     data_wait = 0.0
+    d_skips = 0  # micro-batches whose D passes adaptive_d skipped
+    skip_d = False  # the last micro-batch's: D's update is skipped with it (redux steps D inside that pass)
+    against_lr = any(weight < 0 for _, weight, _ in stage.pixel_losses)
     for micro in range(accum):
         start = time.perf_counter()
         item = next(batches)
         data_wait += time.perf_counter() - start
-        batch = to_batch(item, job, device)  # LR (bicubic, paired or degraded) and each loss's target: train/batch.py
+        # LR (bicubic, paired or degraded) and each loss's target (train/batch.py); ECO's alpha is the step's being made
+        batch = to_batch(item, job, device, teacher=stage.teacher, iteration=stage.iteration + 1)
         hr, lr = batch.gan_gt, batch.lr
         if (layout := backend.memory_format(job)) is not torch.preserve_format:
             hr, lr = hr.contiguous(memory_format=layout), lr.contiguous(memory_format=layout)
         last = micro == accum - 1
+        upscaled = bicubic_upscale(batch.lr, job.scale) if against_lr else None
+        skipping: PendingFlag | None = None
         with no_sync(stage.net_g, not last), autocast(stage):
             sr = stage.net_g(lr)
             terms: dict[str, torch.Tensor] = {}  # by traiNNer-redux's log keys: l_g_mssim, l_g_hsluv_hue, ...
             sr_ema = ema_output(stage, lr)
             for name, weight, loss in stage.pixel_losses:
-                terms |= losses.weighted_terms(name, weight, loss, sr.float(), batch.target(name), sr_ema)
+                target = batch.target(name) if weight > 0 else upscaled
+                assert target is not None  # upscaled exists whenever a weight is negative
+                terms |= losses.weighted_terms(name, abs(weight), loss, sr.float(), target, sr_ema)
             if gan is not None:
                 # D scores the fake through its raw module with frozen weights: no DDP hook waits for D gradients here.
                 gan.raw_d.requires_grad_(False)
-                terms["l_g_gan"] = gan.weight * gan.loss(gan.raw_d(sr), True, is_disc=False)
+                l_g_gan = gan.loss(gan.raw_d(sr), True, is_disc=False)
                 gan.raw_d.requires_grad_(True)
+                terms["l_g_gan"] = gan.weight * l_g_gan
+                if stage.gan_loss_ema is not None:
+                    skipping = adaptive_d_skips(stage, l_g_gan)
             loss_g = functools.reduce(operator.add, terms.values())
         stage.scaler_g.scale(loss_g / accum).backward()
         for name, value in {**terms, "l_g_total": loss_g}.items():  # l_g_total: traiNNer-redux logs the sum too
             add_to(totals, name, value, accum)
-        if gan is not None:
+        # adaptive_d's one host read per micro-batch (only with it on: whether D's passes run decides which kernels are
+        # queued, and a D pass cannot be undone: each moves its spectral-norm estimates). Read after G's backward is
+        # queued, waiting only for the flag's copy, so the device has G's backward to run while D's passes are queued.
+        skip_d = skipping is not None and skipping.value()
+        d_skips += skip_d
+        if gan is not None and not skip_d:
             with no_sync(gan.net_d, not last), autocast(stage):
                 # real, then fake, in two forward passes as traiNNer-redux does: each training-mode pass runs one
                 # spectral-norm power iteration (three per micro-batch with the generator's), so D's estimates match
@@ -119,7 +147,7 @@ def train_step(stage: Stage, batches, accum: int, *, decide_on_host: bool = Fals
             add_to(totals, "l_d_real", l_real, accum)
             add_to(totals, "l_d_fake", l_fake, accum)
     trained = [Trained(stage.raw_g, stage.optim_g, stage.sched_g, stage.scaler_g)]
-    if stage.raw_d is not None and stage.optim_d is not None:
+    if stage.raw_d is not None and stage.optim_d is not None and not skip_d:
         assert stage.sched_d is not None  # build_stage builds D's schedule with its optimizer
         trained.append(Trained(stage.raw_d, stage.optim_d, stage.sched_d, stage.scaler_d))
     # As traiNNer-redux: each network's gradients unscaled, their norm taken (and logged, clipping or not) before
@@ -152,8 +180,51 @@ def train_step(stage: Stage, batches, accum: int, *, decide_on_host: bool = Fals
         side.optim.zero_grad(set_to_none=True)
         # redux's schedule waits while the scaler skips (but moves on past a step skipped for a non-finite loss)
         side.schedule.step(stage.iteration + 1, skipped=was_skipped)
+    if skip_d:
+        assert stage.optim_d is not None and stage.sched_d is not None  # adaptive_d skips only a GAN stage's D
+        # D's schedule waits, as redux's does for an optimizer it marks skipped; the gradients of D passes that ran
+        # in earlier micro-batches go (redux leaves them to the next step's, local to each rank under DDP)
+        stage.optim_d.zero_grad(set_to_none=True)
+        stage.sched_d.step(stage.iteration + 1, skipped=True)
     stage.iteration += 1
-    return {**values, "data_wait_s": data_wait}
+    adaptive = {"d_skipped": d_skips / accum} if stage.gan_loss_ema is not None and gan is not None else {}
+    return {**values, **adaptive, **eco_value(stage), "data_wait_s": data_wait}
+
+
+def eco_value(stage: Stage) -> dict[str, float]:
+    """ECO's alpha for the step just made, logged as traiNNer-redux logs it (`eco_alpha`)."""
+    eco = stage.job.train.eco
+    if not eco.enabled or stage.teacher is None:
+        return {}
+    return {"eco_alpha": eco_alpha(stage.iteration, end_iteration(stage.job.train.total_iter, eco.end_ratio))}
+
+
+def bicubic_upscale(lr: torch.Tensor, scale: int) -> torch.Tensor:
+    """The target of a loss with a negative weight, as traiNNer-redux makes it once per micro-batch: the LR input
+    upscaled by torch's antialiased bicubic (PIL's kernel, a = -0.5) and clamped to [0, 1], without gradients and
+    in float32 (outside the autocast)."""
+    with torch.no_grad():
+        return F.interpolate(lr.float(), scale_factor=scale, mode="bicubic", antialias=True).clamp_(0, 1)
+
+
+def adaptive_d_skips(stage: Stage, l_g_gan: torch.Tensor) -> PendingFlag:
+    """traiNNer-redux's adaptive_d for one micro-batch: the EMA of G's (unweighted) GAN loss moves to
+    `decay * ema + (1 - decay) * loss`, and D's passes are skipped when that is above `threshold * ema` (so a rising
+    GAN loss, G losing, pauses D; from 0.0 at the start, D waits its first ~50 steps with the defaults). On the device;
+    returns the flag on its way to the host. Under DDP the ranks' losses are averaged first, so every rank skips the
+    same D passes (redux's per-rank decision would leave DDP's all-reduce of D's gradients unmatched)."""
+    assert stage.gan_loss_ema is not None
+    train = stage.job.train
+    loss = l_g_gan.detach()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        loss = loss.to(torch.float32, copy=True)  # reduced in place: not the loss's own storage
+        dist.all_reduce(loss)  # the sum (gloo has no AVG), then the mean
+        loss = loss / dist.get_world_size()
+    ema = stage.gan_loss_ema
+    moved = train.adaptive_d_ema_decay * ema + (1 - train.adaptive_d_ema_decay) * loss
+    skip = moved > ema * train.adaptive_d_threshold
+    ema.copy_(moved)
+    return PendingFlag(skip, ema_counted=False)
 
 
 def add_to(totals: dict[str, torch.Tensor], name: str, value: torch.Tensor, accum: int) -> None:

@@ -195,9 +195,8 @@ def test_resume_state_from_an_srcluster_checkpoint_folder(tmp_path):
     assert stage.iteration == 4 and stage.ema.step == source.ema.step
     for a, b in zip(source.raw_g.parameters(), stage.raw_g.parameters(), strict=True):
         assert torch.equal(a, b)
-    assert lines == [
-        f"starting from {folder} at iteration 4 (srcluster checkpoint); schedule and optimizer options from this job"
-    ]
+    expected = f"starting from {folder} at iteration 4 (srcluster checkpoint); optimizer options from this job"
+    assert lines == [f"{expected}, the saved schedule"]
 
 
 def test_resume_state_refuses_another_architecture_and_a_finished_state(tmp_path):
@@ -255,10 +254,12 @@ def redux_experiment(root: Path, *, iteration=6, optimizer=torch.optim.AdamW, di
     return path, nets, optimizers
 
 
-def test_a_redux_state_is_imported_with_its_networks(tmp_path):
+@pytest.mark.parametrize("restart", [True, False])
+def test_a_redux_state_is_imported_with_its_networks(tmp_path, restart):
     path, (net_g,), (optimizer,) = redux_experiment(tmp_path / "experiments" / "4x_compact")
+    schedule = {"milestones": [4], "gamma": 0.5}
     config = job(
-        path={"resume_state": str(path)}, train={"total_iter": 20, "scheduler": {"milestones": [4], "gamma": 0.5}}
+        path={"resume_state": str(path)}, train={"total_iter": 20, "scheduler": schedule, "restart_scheduler": restart}
     )
     stage = build_stage(config, torch.device("cpu"))
     resume.start_from(stage, str(path), StorageSettings.resolve(), lambda _: None)
@@ -270,7 +271,8 @@ def test_a_redux_state_is_imported_with_its_networks(tmp_path):
         assert torch.equal(a * 0.5, b), name
     ours, theirs = stage.optim_g.state_dict()["state"], optimizer.state_dict()["state"]
     assert all(torch.equal(ours[i]["exp_avg"], theirs[i]["exp_avg"]) for i in theirs)
-    assert stage.optim_g.param_groups[0]["lr"] == pytest.approx(1e-4)  # this job's milestone at 4, not redux's at 100
+    # restart_scheduler: this job's milestone at 4; else, as redux by default, the saved schedule (its milestone at 100)
+    assert stage.optim_g.param_groups[0]["lr"] == pytest.approx(1e-4 if restart else 2e-4)
     train_step(stage, iter(hr_batches(1)), 1)
     assert stage.iteration == 7
 
