@@ -7,50 +7,19 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.degradations import EVERYTHING
 from helpers.images import save
 from srcluster.config import parse_job
 from srcluster.data.stream import train_loader
-from srcluster.degrade.config import Degradations
+from srcluster.degrade.config import DATASET_KEYS, Degradations
 from srcluster.degrade.noise import GAUSSIAN, NONE, POISSON, add_noise
 from srcluster.degrade.pipeline import draw, pair
 from srcluster.degrade.pool import PairPool
 from srcluster.degrade.seeds import sample_seed
 from srcluster.train.batch import to_batch
 
-# Real-ESRGAN x4plus's settings in traiNNer-redux's keys, every step on some of the time
-X4PLUS = {
-    "high_order_degradation": True,
-    "lq_usm": True,
-    "thicklines_prob": 0.3,
-    "blur_prob": 0.5,
-    "kernel_range": [7, 21],
-    "blur_sigma": [0.2, 3],
-    "resize_prob": [0.2, 0.7, 0.1],
-    "resize_range": [0.15, 1.5],
-    "resize_mode_list": ["area", "bilinear", "bicubic", "lanczos", "nearest-exact"],
-    "resize_mode_prob": [1] * 5,
-    "gaussian_noise_prob": 0.5,
-    "noise_range": [1, 30],
-    "poisson_scale_range": [0.05, 3],
-    "gray_noise_prob": 0.4,
-    "jpeg_prob": 0.5,
-    "jpeg_range": [30, 95],
-    "blur_prob2": 0.5,
-    "kernel_range2": [7, 21],
-    "blur_sigma2": [0.2, 1.5],
-    "resize_prob2": [0.3, 0.4, 0.3],
-    "resize_range2": [0.3, 1.2],
-    "gaussian_noise_prob2": 0.5,
-    "noise_range2": [1, 25],
-    "poisson_scale_range2": [0.05, 2.5],
-    "gray_noise_prob2": 0.4,
-    "jpeg_prob2": 0.5,
-    "jpeg_range2": [30, 95],
-    "final_sinc_prob": 0.8,
-    "final_kernel_range": [7, 21],
-    "resize_mode_list3": ["bilinear", "bicubic", "lanczos"],
-    "resize_mode_prob3": [1, 1, 1],
-}
+# Real-ESRGAN x4plus's settings with every step on some of the time, JPEG half the time, no video codec
+X4PLUS = {**EVERYTHING, "blur_prob": 0.5, "jpeg_prob": 0.5, "jpeg_prob2": 0.5, "video_codec_prob": 0}
 PER_BATCH = Degradations(**X4PLUS, otf_draws="per_batch")
 SCALE, GT = 4, 32
 
@@ -158,12 +127,13 @@ def test_the_pool_trains_on_the_batch_while_filling_then_on_pooled_pairs() -> No
 
 
 def _job(draws: str, queue_size: int, degrade_on: str) -> dict:
+    kernels = {k: v for k, v in X4PLUS.items() if k in DATASET_KEYS}  # these sit under datasets.train in redux
     return {
         "name": "draws",
         "scale": SCALE,
         "manual_seed": 5,
         "datasets": {
-            "train": {"dataroot_gt": "/tmp/hr", "lq_size": GT // SCALE, "batch_size_per_gpu": 4},
+            "train": {"dataroot_gt": "/tmp/hr", "lq_size": GT // SCALE, "batch_size_per_gpu": 4, **kernels},
             "val": {"dataroot_gt": "/tmp/val"},
         },
         "network_g": {"type": "compact"},
@@ -171,7 +141,7 @@ def _job(draws: str, queue_size: int, degrade_on: str) -> dict:
         "srcluster": {"degrade_on": degrade_on},
         "otf_draws": draws,
         "queue_size": queue_size,
-        **{k: v for k, v in X4PLUS.items() if not k.startswith(("kernel", "blur_sigma", "final_"))},
+        **{k: v for k, v in X4PLUS.items() if k not in DATASET_KEYS},
     }
 
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers.degradations import QUIET
 from srcluster.data.crops import random_crop
 from srcluster.data.stream import train_loader
 from srcluster.degrade import kernels as K
@@ -32,16 +33,6 @@ from srcluster.errors import ConfigError
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 REFERENCE = Path(__file__).resolve().parents[1] / "reference" / "redux_degrade.npz"
-# every step off but the one a test switches on (the final resize at the same size is the identity)
-QUIET = {
-    "high_order_degradation": True,
-    "resize_prob": [0, 0, 1],
-    "resize_prob2": [0, 0, 1],
-    "jpeg_prob": 0,
-    "jpeg_prob2": 0,
-    "resize_mode_list3": ["bicubic"],
-    "resize_mode_prob3": [1],
-}
 
 
 @pytest.fixture(scope="module")
