@@ -57,6 +57,14 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(p for p in loc if isinstance(p, int) or not re.search(r"[\[\]\-]", str(p)))
 
 
+KNOWN_KEYS_SHOWN = 10  # an error is one line: a section with many keys is named by its first few
+
+
+def _some(keys: list[str]) -> str:
+    more = len(keys) - KNOWN_KEYS_SHOWN
+    return ", ".join(keys[:KNOWN_KEYS_SHOWN]) + (f", ... ({more} more)" if more > 0 else "")
+
+
 def describe_errors(exc: ValidationError, source: str) -> str:
     lines = []
     seen = set()
@@ -69,7 +77,7 @@ def describe_errors(exc: ValidationError, source: str) -> str:
         if err["type"] == "extra_forbidden":
             known = _known_keys(Job, loc[:-1])
             close = did_you_mean(str(loc[-1]), known)
-            hint = f" ({close})" if close else (f" (known keys: {', '.join(known)})" if known else "")
+            hint = f" ({close})" if close else (f" (known keys: {_some(known)})" if known else "")
             lines.append(f"{source}: {key}: unknown key{hint}")
         elif err["type"] == "missing":
             lines.append(f"{source}: {key}: required key is missing")
