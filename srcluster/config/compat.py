@@ -4,7 +4,7 @@ A traiNNer-redux job file should load unchanged. Keys srcluster has no use for (
 keys, ...) are lifted out before validation (`lift_ignored`; `IGNORED`), the degradation keys are gathered into
 `Degradations` (`lift_degradations`), and values srcluster replaces are named after validation (`value_warnings`);
 every one becomes a line in job.warnings. Keys that would make srcluster train another model than redux trains
-(`REFUSED`: pixel formats, normalization, teacher generators) load at redux's default value and stop the job with one
+(`REFUSED`: pixel formats, normalization) load at redux's default value and stop the job with one
 line otherwise; the older `gt_size` becomes `lq_size`. tests/unit/test_redux_keys.py checks every key of redux's schema.
 """
 
@@ -192,7 +192,7 @@ def _refuse_or_drop(node: dict, key: str, path: tuple[str, ...], source: str) ->
     """A REFUSED key: dropped where its value means what srcluster does anyway (redux's default), else an error."""
     accepted, why = REFUSED[_pattern(path)]
     value = node.pop(key)
-    if value not in accepted and not (isinstance(value, dict) and not value.get("enabled", True)):
+    if value not in accepted:
         raise ConfigError(f"{source}: {'.'.join(path)}: {value!r} is not supported: {why}")
 
 
